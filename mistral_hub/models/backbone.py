@@ -1,0 +1,95 @@
+import keras
+
+
+class Backbone(keras.Model):
+    """Base class for functional backbones: dtype handling and config.
+
+    A backbone maps preprocessed inputs to hidden states. Subclasses build a
+    functional graph in `__init__` and pass `dtype` through here so that the
+    model-level policy matches the one given to every sublayer.
+
+    Loading and saving presets (`from_preset`, `save_to_preset`) are provided
+    by `mistral_hub.utils.preset_utils` on top of this class.
+    """
+
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initialized = True
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
+
+    def __setattr__(self, name, value):
+        # Subclasses assign layers before the functional `__init__` runs; on
+        # torch that would register modules on a `torch.nn.Module` that is not
+        # initialized yet, so those early assignments bypass tracking. The
+        # functional graph tracks the layers once it is built.
+        if keras.config.backend() == "torch" and (
+            not hasattr(self, "_initialized")
+            or isinstance(getattr(type(self), name, None), property)
+        ):
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
+    @property
+    def token_embedding(self):
+        """The `keras.layers.ReversibleEmbedding` mapping ids to vectors."""
+        return getattr(self, "_token_embedding", None)
+
+    @token_embedding.setter
+    def token_embedding(self, value):
+        self._token_embedding = value
+
+    def get_config(self):
+        dtype = self.dtype_policy
+        if not isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+            quantized = keras.dtype_policies.DTypePolicyMap()
+            for layer in self._flatten_layers():
+                if layer.quantization_mode is not None:
+                    quantized[layer.path] = layer.dtype_policy
+            if len(quantized) > 0:
+                dtype = quantized
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(dtype),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+    def default_lora_layer_names(self):
+        """Names of the layers `enable_lora` targets by default."""
+        return ["query", "value"]
+
+    def enable_lora(self, rank, target_layer_names=None):
+        """Freezes the backbone and adds rank-`rank` LoRA adapters.
+
+        Args:
+            rank: int. Rank of the low-rank update.
+            target_layer_names: list of layer names to adapt; defaults to
+                `default_lora_layer_names()` (the query and value projections).
+        """
+        if not isinstance(rank, int) or rank <= 0:
+            raise ValueError(f"`rank` must be a positive int. Received: rank={rank}")
+        target_layer_names = target_layer_names or self.default_lora_layer_names()
+        self.trainable = True
+        found = False
+        # Only leaves are frozen: Keras hides every weight of a non-trainable
+        # parent, which would also hide the adapters added below.
+        for layer in self._flatten_layers(include_self=False):
+            if not list(layer._flatten_layers(include_self=False, recursive=False)):
+                layer.trainable = False
+        for layer in self._flatten_layers(include_self=False):
+            if layer.name in target_layer_names and hasattr(layer, "enable_lora"):
+                layer.trainable = True
+                layer.enable_lora(rank)
+                found = True
+        if not found:
+            raise ValueError(
+                "No layer matched `target_layer_names`="
+                f"{target_layer_names}; nothing to adapt."
+            )

@@ -1,0 +1,31 @@
+import keras
+from keras import ops
+
+
+def update_along_axis(tensor, updates, start, axis):
+    """Writes `updates` into `tensor` from index `start` along `axis`.
+
+    Equivalent to `ops.slice_update`, except on torch outside autograd, where
+    the write happens in place. Keras' torch `slice_update` clones its input,
+    which during decoding would copy the whole KV cache once per layer per
+    token; XLA already performs this update in place on JAX and TensorFlow.
+
+    Args:
+        tensor: The tensor to update.
+        updates: A tensor whose shape matches `tensor` except along `axis`.
+        start: int or 0-d int tensor, the first index written along `axis`.
+        axis: int, the (non-negative) axis to write along.
+
+    Returns:
+        The updated tensor (the same object on torch when updated in place).
+    """
+    if keras.config.backend() == "torch":
+        import torch
+
+        if not torch.is_grad_enabled():
+            length = updates.shape[axis]
+            tensor.narrow(axis, start, length).copy_(updates)
+            return tensor
+    start_indices = [0] * len(tensor.shape)
+    start_indices[axis] = start
+    return ops.slice_update(tensor, start_indices, updates)
