@@ -29,3 +29,27 @@ def update_along_axis(tensor, updates, start, axis):
     start_indices = [0] * len(tensor.shape)
     start_indices[axis] = start
     return ops.slice_update(tensor, start_indices, updates)
+
+
+def host_callback(callback, *args):
+    """Calls the Python `callback(*numpy_args)` from inside compiled code.
+
+    Lets a compiled decode loop hand each new token to Python as it is
+    produced (for streaming): `jax.debug.callback` under `jax.jit`,
+    `tf.py_function` under `tf.function`, a direct call on torch.
+    """
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        jax.debug.callback(callback, *args, ordered=True)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        def run(*tensors):
+            callback(*(t.numpy() for t in tensors))
+            return 0
+
+        tf.py_function(run, list(args), tf.int32)
+    else:
+        callback(*(ops.convert_to_numpy(a) for a in args))

@@ -1,0 +1,132 @@
+import keras
+
+
+class Task(keras.Model):
+    """Base class for end-to-end models: a backbone, a head and a preprocessor.
+
+    `fit`, `evaluate` and `predict` run the attached preprocessor on raw
+    inputs. Python and numpy inputs are preprocessed once in Python, so
+    fine-tuning on JAX or torch needs no TensorFlow; a `tf.data.Dataset` is
+    mapped through the preprocessor instead.
+
+    Preset loading and saving are added by `mistral_hub.utils.preset_utils`.
+    """
+
+    backbone_cls = None
+    preprocessor_cls = None
+
+    def __init__(self, *args, compile=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._functional_layer_ids = set(id(layer) for layer in self._flatten_layers())
+        self._initialized = True
+        if self.backbone is not None:
+            self.dtype_policy = self._backbone.dtype_policy
+        if compile:
+            self.compile()
+
+    def __setattr__(self, name, value):
+        # See `Backbone.__setattr__`: attributes set before the functional
+        # `__init__` must bypass torch module registration.
+        if keras.config.backend() == "torch" and (
+            not hasattr(self, "_initialized")
+            or isinstance(getattr(type(self), name, None), property)
+        ):
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
+    @property
+    def backbone(self):
+        """The backbone model."""
+        return getattr(self, "_backbone", None)
+
+    @backbone.setter
+    def backbone(self, value):
+        self._backbone = value
+
+    @property
+    def preprocessor(self):
+        """The preprocessor, or None to feed preprocessed tensors."""
+        return getattr(self, "_preprocessor", None)
+
+    @preprocessor.setter
+    def preprocessor(self, value):
+        self._preprocessor = value
+
+    @property
+    def layers(self):
+        # The preprocessor is not part of the graph; hide it like keras_hub.
+        return [
+            layer for layer in super().layers if layer is not self.preprocessor
+        ]
+
+    def get_config(self):
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "preprocessor"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    # --- preprocessing in fit / evaluate / predict ------------------------
+
+    def _preprocess(self, x, y=None, sample_weight=None):
+        """Preprocesses raw `x` into `(x, y, sample_weight)` for Keras."""
+        if self.preprocessor is None or x is None:
+            return x, y, sample_weight
+        if _is_tf_dataset(x):
+            import tensorflow as tf
+
+            def preprocess(*sample):
+                return self.preprocessor(*sample)
+
+            x = x.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+            return x.prefetch(tf.data.AUTOTUNE), None, None
+        return self.preprocessor(x, y, sample_weight)
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs):
+        if not self.compiled:
+            raise ValueError("You must call `compile()` before calling `fit()`.")
+        x, y, sample_weight = self._preprocess(x, y, sample_weight)
+        if validation_data is not None and not _is_tf_dataset(validation_data):
+            validation_data = self._preprocess(*_unpack(validation_data))
+        elif validation_data is not None:
+            validation_data = self._preprocess(validation_data)[0]
+        return super().fit(
+            x=x,
+            y=y,
+            batch_size=batch_size,
+            sample_weight=sample_weight,
+            validation_data=validation_data,
+            **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocess(x, y, sample_weight)
+        return super().evaluate(
+            x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
+        )
+
+    def predict(self, x, batch_size=None, **kwargs):
+        x, _, _ = self._preprocess(x)
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
+
+def _is_tf_dataset(x):
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return isinstance(x, tf.data.Dataset)
+
+
+def _unpack(data):
+    if isinstance(data, tuple):
+        return data + (None,) * (3 - len(data))
+    return data, None, None

@@ -1,0 +1,349 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import torch
+from keras import ops
+
+from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
+from mistral_hub.models.mistral.mistral_causal_lm_preprocessor import (
+    MistralCausalLMPreprocessor,
+)
+from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
+from mistral_hub.models.mistral.mistral_transformer_decoder import compute_attention_mask
+from mistral_hub.samplers import BeamSampler
+from mistral_hub.samplers import GreedySampler
+from tests.models.mistral.hf_reference import keras_backbone_from_hf
+from tests.models.mistral.hf_reference import make_hf_model
+from tests.test_data import mistral_test_proto
+
+
+def _pack(prompts, total_length):
+    token_ids = np.zeros((len(prompts), total_length), "int32")
+    padding_mask = np.zeros((len(prompts), total_length), bool)
+    for row, prompt in enumerate(prompts):
+        token_ids[row, : len(prompt)] = prompt
+        padding_mask[row, : len(prompt)] = True
+    return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+@pytest.fixture(scope="module")
+def hf_and_keras():
+    # A window of 8 is far shorter than prompt + 64 new tokens, so the
+    # rolling cache wraps many times.
+    hf_model = make_hf_model(sliding_window=8, vocab_size=97)
+    causal_lm = MistralCausalLM(keras_backbone_from_hf(hf_model))
+    causal_lm.compile(sampler="greedy")
+    return hf_model, causal_lm
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.default_rng(1)
+    return [rng.integers(3, 97, size=n).tolist() for n in (11, 5, 8)]
+
+
+def test_greedy_generation_matches_transformers(hf_and_keras, prompts):
+    hf_model, causal_lm = hf_and_keras
+    new_tokens = 64
+    for prompt in prompts[:2]:
+        total = len(prompt) + new_tokens
+        output = causal_lm.generate(_pack([prompt], total), stop_token_ids=None)
+        with torch.no_grad():
+            expected = hf_model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        assert output["token_ids"][0].tolist() == expected[0].tolist()
+
+
+def test_batch_of_mixed_lengths_equals_rows_generated_alone(hf_and_keras, prompts):
+    _, causal_lm = hf_and_keras
+    total = max(map(len, prompts)) + 24
+    batch = causal_lm.generate(_pack(prompts, total), stop_token_ids=None)
+    for row, prompt in enumerate(prompts):
+        alone = causal_lm.generate(_pack([prompt], total), stop_token_ids=None)
+        np.testing.assert_array_equal(batch["token_ids"][row], alone["token_ids"][0])
+
+
+@pytest.mark.parametrize("sliding_window", [4, None])
+def test_cached_decoding_logits_equal_full_forward_at_every_step(sliding_window):
+    backbone = MistralBackbone(
+        vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+        hidden_dim=16, intermediate_dim=32, sliding_window=sliding_window,
+    )
+    causal_lm = MistralCausalLM(backbone)
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(0, 50, size=(2, 14)).astype("int32")
+    full_logits = ops.convert_to_numpy(
+        causal_lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)})
+    )
+    prompt_length = 5
+    cache_length = causal_lm.cache_length(14)
+    _, cache = causal_lm._build_cache(
+        token_ids[:, :prompt_length], ops.convert_to_tensor(prompt_length), cache_length
+    )
+    for index in range(prompt_length, 14):
+        logits, _, cache = causal_lm.call_with_cache(
+            token_ids[:, index - 1 : index], cache, index - 1
+        )
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(logits)[:, 0], full_logits[:, index - 1], atol=1e-5, rtol=1e-5
+        )
+
+
+def test_rolling_cache_is_bounded_by_the_window():
+    backbone = MistralBackbone(
+        vocabulary_size=50, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=8, intermediate_dim=16, sliding_window=6,
+    )
+    causal_lm = MistralCausalLM(backbone)
+    assert causal_lm.cache_length(100) == 6
+    _, cache = causal_lm._build_cache(np.ones((1, 10), "int32"), ops.convert_to_tensor(9), 6)
+    assert tuple(cache[0].shape) == (1, 2, 6, 1, 4)
+
+
+def test_beam_search_with_one_beam_equals_greedy(hf_and_keras, prompts):
+    _, causal_lm = hf_and_keras
+    inputs = _pack(prompts, 20)
+    greedy = causal_lm.generate(inputs, stop_token_ids=None, sampler="greedy")
+    beam = causal_lm.generate(inputs, stop_token_ids=None, sampler=BeamSampler(num_beams=1))
+    np.testing.assert_array_equal(greedy["token_ids"], beam["token_ids"])
+
+
+# --- string interface, on keras_hub's tiny test vocabulary ------------------
+
+
+@pytest.fixture
+def causal_lm():
+    keras.utils.set_random_seed(0)
+    tokenizer = MistralTokenizer(proto=mistral_test_proto())
+    preprocessor = MistralCausalLMPreprocessor(tokenizer, sequence_length=8)
+    backbone = MistralBackbone(
+        vocabulary_size=10, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+        hidden_dim=8, intermediate_dim=16, sliding_window=4,
+    )
+    return MistralCausalLM(backbone, preprocessor)
+
+
+TEXTS = ["the quick brown fox", "the earth is round"]
+
+
+def test_logits_shape(causal_lm):
+    x, _, _ = causal_lm.preprocessor(TEXTS)
+    assert tuple(causal_lm(x).shape) == (2, 8, 10)
+    assert causal_lm.predict(TEXTS, verbose=0).shape == (2, 8, 10)
+
+
+def test_generate_strings(causal_lm):
+    output = causal_lm.generate("the quick", max_length=8)
+    assert isinstance(output, str) and output.startswith("the quick")
+    outputs = causal_lm.generate(TEXTS, max_length=8)
+    assert len(outputs) == 2 and outputs[1].startswith("the earth is round")
+
+
+def test_generate_tf_dataset(causal_lm):
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(TEXTS * 2).batch(3)
+    outputs = causal_lm.generate(dataset, max_length=8, sampler="greedy")
+    assert outputs == causal_lm.generate(TEXTS * 2, max_length=8, sampler="greedy")
+
+
+def test_generate_preprocessed_inputs(causal_lm):
+    inputs = causal_lm.preprocessor.generate_preprocess(TEXTS)
+    causal_lm.preprocessor = None
+    output = causal_lm.generate(inputs, stop_token_ids=None)
+    np.testing.assert_array_equal(output["token_ids"][:, :5], inputs["token_ids"][:, :5])
+    assert output["padding_mask"].all()
+
+
+def test_generation_stops_on_stop_token_and_drops_what_follows(causal_lm):
+    end_id = causal_lm.preprocessor.tokenizer.end_token_id
+    original = causal_lm.call_with_cache
+
+    def always_end(token_ids, cache, cache_update_index):
+        logits, hidden_states, cache = original(token_ids, cache, cache_update_index)
+        bonus = ops.one_hot(ops.full(ops.shape(logits)[:2], end_id), 10) * 1e9
+        return logits + ops.cast(bonus, logits.dtype), hidden_states, cache
+
+    causal_lm.call_with_cache = always_end
+    prompts = ["the quick brown fox", "the earth"]
+    assert causal_lm.generate(prompts, max_length=8) == prompts
+    # With no stop ids the loop runs to the length limit.
+    long = causal_lm.generate(["the earth"], max_length=8, stop_token_ids=None)
+    assert long == ["the earth"]  # only end tokens were generated, and they are special
+
+
+def test_stop_token_ids_list(causal_lm):
+    inputs = causal_lm.preprocessor.generate_preprocess(["the"])
+    causal_lm.preprocessor = None
+    output = causal_lm.generate(inputs, stop_token_ids=list(range(10)))
+    mask = output["padding_mask"][0]
+    # The first generated token is a stop id; everything after it is dropped.
+    assert mask.tolist() == [True, True, True] + [False] * 5
+
+
+def test_strip_prompt(causal_lm):
+    full = causal_lm.generate(TEXTS, max_length=8, sampler="greedy")
+    stripped = causal_lm.generate(TEXTS, max_length=8, sampler="greedy", strip_prompt=True)
+    for prompt, whole, part in zip(TEXTS, full, stripped):
+        assert whole.startswith(prompt)
+        assert whole[len(prompt):].strip() == part.strip()
+
+
+def test_max_new_tokens(causal_lm):
+    inputs = causal_lm.preprocessor.generate_preprocess(["the quick", "the"], sequence_length=4)
+    causal_lm.preprocessor = None
+    output = causal_lm.generate(inputs, stop_token_ids=None, max_new_tokens=3)
+    # Every row gets exactly 3 new tokens on top of its own prompt.
+    assert output["padding_mask"].sum(axis=-1).tolist() == [3 + 3, 2 + 3]
+    assert output["token_ids"].shape == (2, 6)
+
+
+def test_max_new_tokens_with_strings(causal_lm):
+    output = causal_lm.generate("the quick brown fox", max_new_tokens=2, sampler="greedy",
+                                stop_token_ids=None, strip_prompt=True)
+    assert 1 <= len(output.split()) <= 2
+
+
+def test_same_seed_same_output(causal_lm):
+    causal_lm.compile(sampler="random")
+    first = causal_lm.generate(TEXTS * 4, max_length=8, seed=3, stop_token_ids=None)
+    second = causal_lm.generate(TEXTS * 4, max_length=8, seed=3, stop_token_ids=None)
+    assert first == second
+
+
+def test_generate_function_is_reused_and_reset_by_compile(causal_lm):
+    causal_lm.generate("the", max_length=8)
+    function = causal_lm.generate_function
+    assert function is not None
+    causal_lm.generate("the quick", max_length=8)
+    assert causal_lm.generate_function is function
+    causal_lm.compile(sampler="greedy")
+    assert causal_lm.generate_function is None
+
+
+def test_per_call_sampler_keeps_optimizer_state(causal_lm):
+    causal_lm.fit(TEXTS, epochs=1, batch_size=2, verbose=0)
+    optimizer = causal_lm.optimizer
+    iterations = int(ops.convert_to_numpy(optimizer.iterations))
+    causal_lm.generate("the", max_length=8, sampler="greedy")
+    assert causal_lm.optimizer is optimizer
+    assert int(ops.convert_to_numpy(optimizer.iterations)) == iterations
+
+
+@pytest.mark.parametrize("kind", ["strings", "tf_dataset", "arrays"])
+def test_fit_lowers_the_loss(causal_lm, kind):
+    causal_lm.compile(optimizer=keras.optimizers.Adam(0.01))
+    texts = ["the quick brown fox", "the earth is round"] * 16
+    if kind == "strings":
+        data = dict(x=texts, batch_size=8)
+    elif kind == "tf_dataset":
+        import tensorflow as tf
+
+        data = dict(x=tf.data.Dataset.from_tensor_slices(texts).batch(8))
+    else:
+        x, y, sample_weight = causal_lm.preprocessor(texts)
+        causal_lm.preprocessor = None
+        data = dict(x=x, y=y, sample_weight=sample_weight, batch_size=8)
+    history = causal_lm.fit(**data, epochs=5, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_padding_positions_carry_zero_weight(causal_lm):
+    x, y, sample_weight = causal_lm.preprocessor(["the"])
+    assert sample_weight.tolist() == [[True, True] + [False] * 6]
+    # Changing the labels under zero weight leaves the loss unchanged.
+    causal_lm.compile()
+    y_changed = np.where(sample_weight, y, 7)
+    first = causal_lm.compute_loss(x, y, causal_lm(x), sample_weight)
+    second = causal_lm.compute_loss(x, y_changed, causal_lm(x), sample_weight)
+    np.testing.assert_allclose(ops.convert_to_numpy(first), ops.convert_to_numpy(second))
+
+
+def test_score(causal_lm):
+    x, _, _ = causal_lm.preprocessor(TEXTS)
+    token_ids, padding_mask = x["token_ids"], x["padding_mask"]
+    logits = causal_lm.score(token_ids, padding_mask)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(logits), ops.convert_to_numpy(causal_lm(x)), atol=1e-5
+    )
+    target_ids = np.roll(token_ids, -1, axis=1)
+    loss = causal_lm.score(token_ids, padding_mask, scoring_mode="loss", target_ids=target_ids)
+    assert tuple(loss.shape) == (2, 8)
+    seen = []
+
+    def intercept(x, i):
+        seen.append((i, tuple(x.shape)))
+        return x
+
+    causal_lm.score(token_ids, padding_mask, layer_intercept_fn=intercept)
+    assert seen == [(-1, (2, 8, 8)), (0, (2, 8, 8)), (1, (2, 8, 8))]
+
+
+def test_keras_file_round_trip(causal_lm, tmp_path):
+    path = os.path.join(tmp_path, "causal_lm.keras")
+    causal_lm.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, MistralCausalLM)
+    x, _, _ = causal_lm.preprocessor(TEXTS)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(restored(x)), ops.convert_to_numpy(causal_lm(x)), atol=1e-6
+    )
+    assert restored.generate("the quick", max_length=8, sampler="greedy") == (
+        causal_lm.generate("the quick", max_length=8, sampler="greedy")
+    )
+
+
+BAD_GENERATE_CALLS = [
+    (dict(inputs=[]), "inputs"),
+    (dict(inputs="the quick brown fox", max_length=5), "max_length"),
+    (dict(inputs="the", max_new_tokens=-1), "max_new_tokens"),
+    (dict(inputs="the", max_length=8, max_new_tokens=2), "max_new_tokens"),
+    (dict(inputs="the", sampler="nucleus"), "nucleus"),
+    (dict(inputs="the", stop_token_ids="eos"), "stop_token_ids"),
+    (dict(inputs="the", stop_token_ids=[99]), "stop_token_ids"),
+    (dict(inputs=[1, 2]), "inputs"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_GENERATE_CALLS)
+def test_bad_generate_arguments(causal_lm, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        causal_lm.generate(**kwargs)
+
+
+def test_auto_stop_without_preprocessor_is_an_error(causal_lm):
+    causal_lm.preprocessor = None
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        causal_lm.generate({"token_ids": np.ones((1, 4), "int32"), "padding_mask": np.ones((1, 4), bool)})
+
+
+def test_score_errors(causal_lm):
+    with pytest.raises(ValueError, match="scoring_mode"):
+        causal_lm.score(np.ones((1, 4), "int32"), scoring_mode="probabilities")
+    with pytest.raises(ValueError, match="target_ids"):
+        causal_lm.score(np.ones((1, 4), "int32"), scoring_mode="loss")
+
+
+def test_streaming_equals_non_streaming(causal_lm):
+    causal_lm.compile(sampler="top_k")
+    chunks = []
+    final = causal_lm.generate(
+        "the quick", max_length=8, seed=7, strip_prompt=True, stop_token_ids=None,
+        streamer=chunks.append,
+    )
+    assert "".join(chunks) == final
+    assert len(chunks) >= 1
+    streamed = list(causal_lm.stream(["the", "the earth"], max_length=8, seed=7, stop_token_ids=None))
+    batch = causal_lm.generate(["the", "the earth"], max_length=8, seed=7, strip_prompt=True,
+                               stop_token_ids=None)
+    joined = ["".join(chunk[row] for chunk in streamed) for row in range(2)]
+    assert joined == batch
