@@ -1,0 +1,116 @@
+"""Mistral's SentencePiece tokenizer (Mistral 7B, Mixtral)."""
+
+import keras
+
+from mistral_hub.models.mistral import mistral_chat_template
+from mistral_hub.tokenizers.sentence_piece_tokenizer import (
+    SentencePieceTokenizer,
+)
+
+
+@keras.saving.register_keras_serializable(package="mistral_hub")
+class MistralTokenizer(SentencePieceTokenizer):
+    """Mistral tokenizer layer based on SentencePiece.
+
+    Checks that the vocabulary has the special tokens Mistral models need
+    (`start_token` `"<s>"`, `end_token` `"</s>"`) and encodes chat
+    conversations exactly like `mistral_common`. `pad_token_id` is 0 (the
+    `<unk>` piece, as in keras_hub; Mistral vocabularies have no padding
+    piece and padded positions are masked anyway).
+
+    Control pieces of v2+ vocabularies (`[INST]`, `[/INST]`,
+    `[TOOL_CALLS]`, ...) are never produced from text: `tokenize("[INST]")`
+    encodes the characters. `apply_chat_template()` inserts them as ids.
+
+    Args:
+        proto: A path to a SentencePiece model file, the serialized model
+            as `bytes`, or None to set it later with `load_assets()`.
+        chat_template: The chat convention of `apply_chat_template()`: one
+            of `"v1"`, `"v3"`, `"v7"`, `"tekken"`, or None to infer it from
+            the vocabulary (`"v7"` if it has a `[SYSTEM_PROMPT]` control
+            piece, else `"v3"` if it has `[INST]`, else `"v1"`).
+        **kwargs: `sequence_length`, `dtype`, `add_bos`, `add_eos` of
+            `SentencePieceTokenizer`, and `keras.layers.Layer` arguments.
+
+    Example:
+    >>> from tests.test_data import V3_MODEL, mistral_test_proto
+    >>> tokenizer = MistralTokenizer(proto=mistral_test_proto())
+    >>> tokenizer(["the quick brown fox", "the earth is round"])
+    [[3, 8, 4, 6], [3, 5, 7, 9]]
+    >>> tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id
+    (1, 2, 0)
+    >>> MistralTokenizer(V3_MODEL).apply_chat_template(
+    ...     [{"role": "user", "content": "Hello"}])
+    [1, 3, 23325, 4]
+    """
+
+    def __init__(self, proto, chat_template=None, **kwargs):
+        super().__init__(proto=None, **kwargs)
+        self._add_special_token("<s>", "start_token")
+        self._add_special_token("</s>", "end_token")
+        self.chat_template = mistral_chat_template.check_chat_template(
+            chat_template
+        )
+        if proto is not None:
+            self.set_proto(proto)
+
+    # Hooks of `mistral_chat_template.apply_chat_template()`.
+
+    def _control_token_id(self, token):
+        """Returns the id of a control piece such as `"[INST]"`, or None."""
+        token_id = self._special_token_id_or_none(token)
+        if token_id is None or not self._processor.is_control(token_id):
+            return None
+        return token_id
+
+    def _encode_plain(self, text):
+        return self._processor.encode(text)
+
+    @property
+    def _text_prefix(self):
+        # SentencePiece's dummy prefix turns "x" into the piece "▁x".
+        first_piece = self._processor.encode("x", out_type=str)[0]
+        return " " if first_piece.startswith("\u2581") else ""
+
+    def apply_chat_template(
+        self, messages, add_generation_prompt=True, tokenize=True
+    ):
+        """Encodes a conversation as a Mistral instruct prompt.
+
+        Matches `mistral_common`'s `encode_chat_completion(...).tokens`.
+        Consecutive messages of one role are joined with a blank line.
+
+        Args:
+            messages: list of `{"role": "system" | "user" | "assistant",
+                "content": str}`. System messages come first; then the
+                conversation starts with a user message.
+            add_generation_prompt: bool. If True (for generation) the last
+                message must be a user message. If False, the conversation
+                may end with an assistant message, closed with `</s>` (a
+                training example).
+            tokenize: bool. If False, return the prompt as a string with
+                the control tokens spelled out, e.g. `"<s>[INST] Hello[/INST]"`
+                (for reading only: control tokens are never re-created from
+                text).
+
+        Returns:
+            A `list[int]` of token ids, or a `str` if `tokenize=False`.
+
+        Raises:
+            ValueError: for malformed conversations, or a `chat_template`
+                whose control tokens the vocabulary lacks.
+        """
+        self._check_vocabulary()
+        chat_template = self.chat_template or (
+            mistral_chat_template.infer_chat_template(
+                lambda token: self._control_token_id(token) is not None
+            )
+        )
+        return mistral_chat_template.apply_chat_template(
+            self, messages, chat_template, add_generation_prompt, tokenize
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["chat_template"] = self.chat_template
+        return config

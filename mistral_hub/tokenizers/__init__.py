@@ -1,0 +1,2 @@
+from mistral_hub.tokenizers.sentence_piece_tokenizer import SentencePieceTokenizer
+from mistral_hub.tokenizers.tokenizer import Tokenizer
