@@ -1,4 +1,6 @@
+import collections
 import itertools
+import json
 
 import keras
 import numpy as np
@@ -6,6 +8,9 @@ from keras import ops
 
 from mistral_hub import samplers
 from mistral_hub.models.task import Task
+from mistral_hub.samplers import logits_processors
+from mistral_hub.samplers.stop_strings import StopStringMatcher
+from mistral_hub.samplers.stop_strings import cut_at_stop_strings
 
 # Prefill lengths are rounded up to a multiple of this, so JAX and
 # TensorFlow compile one prefill per bucket instead of one per prompt length.
@@ -59,99 +64,87 @@ class CausalLM(Task):
         )
         self.sampler = samplers.get(sampler)
         self.generate_function = None
+        self.__dict__["_generate_functions"] = {}
 
     # --- compiled generation ---------------------------------------------
 
-    def make_generate_function(self, sampler=None):
-        """Returns a compiled `generate_step` for `sampler` (or the default).
+    def make_generate_function(self, sampler=None, options=None):
+        """Returns a compiled `generate_step` for a sampler and decode options.
 
         JAX: `jax.jit` of a stateless function of the weights; TensorFlow:
         `tf.function`; torch: eager under `torch.no_grad()` with the KV cache
-        updated in place. The default sampler's function is cached on
-        `self.generate_function` until `compile()` is called again.
+        updated in place. Functions are cached per sampler config and
+        options until `compile()` is called again; the latest one for the
+        compiled sampler is also kept on `self.generate_function`.
+
+        Args:
+            sampler: a sampler overriding the compiled one, or None.
+            options: a `_DecodeOptions` (static settings of the loop).
+
+        Returns:
+            A function `(inputs, seed) -> {"token_ids", "padding_mask"}`.
         """
-        if sampler is None and self.generate_function is not None:
-            return self.generate_function
+        options = options or _DecodeOptions()
         chosen = sampler or self.sampler
-        backend = keras.config.backend()
-        if backend == "jax" and not self.run_eagerly:
-            function = self._make_jax_generate_function(chosen)
-        elif backend == "tensorflow" and not self.run_eagerly:
-            import tensorflow as tf
-
-            function = tf.function(
-                lambda inputs, stop_token_ids, seed, prefill_length, stream: self.generate_step(
-                    inputs,
-                    stop_token_ids=stop_token_ids,
-                    sampler=chosen,
-                    seed=seed,
-                    prefill_length=prefill_length,
-                    stream_callback=self._stream_tokens if stream else None,
-                ),
-                reduce_retracing=True,
-            )
-        elif backend == "torch":
-            import torch
-
-            def function(inputs, stop_token_ids, seed, prefill_length, stream):
-                with torch.no_grad():
-                    return self.generate_step(
-                        inputs,
-                        stop_token_ids=stop_token_ids,
-                        sampler=chosen,
-                        seed=seed,
-                        prefill_length=prefill_length,
-                        stream_callback=self._stream_tokens if stream else None,
-                    )
-
+        key = (_sampler_key(chosen), options)
+        cache = self.__dict__.setdefault("_generate_functions", {})
+        if key in cache:
+            function = cache[key]
         else:
-
-            def function(inputs, stop_token_ids, seed, prefill_length, stream):
-                return self.generate_step(
-                    inputs,
-                    stop_token_ids=stop_token_ids,
-                    sampler=chosen,
-                    seed=seed,
-                    prefill_length=prefill_length,
-                    stream_callback=self._stream_tokens if stream else None,
-                )
-
+            function = self._compile_generate_step(chosen, options)
+            cache[key] = function
         if sampler is None:
             self.generate_function = function
         return function
 
-    def _make_jax_generate_function(self, sampler):
-        import functools
-
-        import jax
-
-        @functools.partial(
-            jax.jit, static_argnames=("stop_token_ids", "prefill_length", "stream")
-        )
-        def compiled(state, inputs, stop_token_ids, seed, prefill_length, stream):
-            trainable, non_trainable = state
-            mapping = itertools.chain(
-                zip(self.trainable_variables, trainable),
-                zip(self.non_trainable_variables, non_trainable),
+    def _compile_generate_step(self, sampler, options):
+        def step(inputs, seed):
+            return self.generate_step(
+                inputs,
+                stop_token_ids=options.stop_token_ids,
+                sampler=sampler,
+                seed=seed,
+                prefill_length=options.prefill_length,
+                stream_callback=self._stream_tokens if options.stream else None,
+                logits_processors=options.logits_processors,
+                stop_condition=options.stop_condition,
             )
-            with keras.StatelessScope(state_mapping=mapping):
-                return self.generate_step(
-                    inputs,
-                    stop_token_ids=stop_token_ids,
-                    sampler=sampler,
-                    seed=seed,
-                    prefill_length=prefill_length,
-                    stream_callback=self._stream_tokens if stream else None,
+
+        backend = keras.config.backend()
+        if backend == "jax" and not self.run_eagerly:
+            import jax
+
+            @jax.jit
+            def compiled(state, inputs, seed):
+                trainable, non_trainable = state
+                mapping = itertools.chain(
+                    zip(self.trainable_variables, trainable),
+                    zip(self.non_trainable_variables, non_trainable),
                 )
+                with keras.StatelessScope(state_mapping=mapping):
+                    return step(inputs, seed)
 
-        def function(inputs, stop_token_ids, seed, prefill_length, stream):
-            state = (
-                [v.value for v in self.trainable_variables],
-                [v.value for v in self.non_trainable_variables],
-            )
-            return compiled(state, inputs, stop_token_ids, seed, prefill_length, stream)
+            def function(inputs, seed):
+                state = (
+                    [v.value for v in self.trainable_variables],
+                    [v.value for v in self.non_trainable_variables],
+                )
+                return compiled(state, inputs, seed)
 
-        return function
+            return function
+        if backend == "tensorflow" and not self.run_eagerly:
+            import tensorflow as tf
+
+            return tf.function(step, reduce_retracing=True)
+        if backend == "torch":
+            import torch
+
+            def function(inputs, seed):
+                with torch.no_grad():
+                    return step(inputs, seed)
+
+            return function
+        return step
 
     # --- generate -----------------------------------------------------------
 
@@ -166,6 +159,17 @@ class CausalLM(Task):
         sampler=None,
         seed=None,
         streamer=None,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        min_p=None,
+        repetition_penalty=None,
+        presence_penalty=None,
+        frequency_penalty=None,
+        stop_strings=None,
+        keep_stop_strings=False,
+        num_return_sequences=1,
+        logits_processors=None,
     ):
         """Generates text (or token ids) from prompts.
 
@@ -177,8 +181,9 @@ class CausalLM(Task):
             max_length: int. Total length of prompt plus completion.
                 Defaults to the preprocessor's `sequence_length`; ignored
                 without a preprocessor (the inputs' length is used).
-            stop_token_ids: `"auto"` (the end token), None (run to the
-                length limit) or a sequence of ids, any of which ends a row.
+            stop_token_ids: `"auto"` (the end token, or the checkpoint's
+                generation config), None (run to the length limit) or a
+                sequence of ids, any of which ends a row.
             strip_prompt: bool. Return only the generated part.
             max_new_tokens: int. Number of tokens to generate for each
                 prompt; replaces `max_length`.
@@ -189,8 +194,32 @@ class CausalLM(Task):
             streamer: optional callable receiving new text as it is
                 generated, from inside the compiled loop: a str per call for
                 a single prompt, else a list with one (possibly empty) str
-                per prompt. The pieces join to the `strip_prompt=True`
-                output. Needs a preprocessor. See also `stream()`.
+                per row. The pieces join to the `strip_prompt=True` output.
+                Needs a preprocessor. See also `stream()`.
+            temperature: float > 0, overrides the sampler's temperature.
+            top_k: int, switches to top-k sampling with this `k` (combined
+                with `top_p` when both are given).
+            top_p: float in (0, 1], switches to nucleus sampling.
+            min_p: float in [0, 1]; drops tokens less likely than `min_p`
+                times the most likely one (transformers' `min_p`).
+            repetition_penalty: float > 0; transformers' repetition penalty
+                over prompt and generated tokens (1.0 disables it).
+            presence_penalty: float in [-2, 2]; OpenAI presence penalty
+                over generated tokens.
+            frequency_penalty: float in [-2, 2]; OpenAI frequency penalty
+                over generated tokens.
+            stop_strings: str or list of str. Generation of a row stops at
+                the token in which one of them ends, even across token
+                boundaries; the returned text is cut before it. Needs a
+                preprocessor.
+            keep_stop_strings: bool. Keep the stop string in the text.
+            num_return_sequences: int. Samples per prompt; outputs are then
+                lists of `num_return_sequences` items per prompt (rows of
+                the same prompt are adjacent for token outputs).
+            logits_processors: list of callables
+                `(logits, token_ids, index, prompt_mask) -> logits` run on
+                every step inside the compiled loop, after the built-in
+                controls (see `mistral_hub.samplers.logits_processors`).
 
         Returns:
             A str or list of str with a preprocessor; else a dict of numpy
@@ -205,7 +234,37 @@ class CausalLM(Task):
             raise ValueError("`streamer` needs a preprocessor to decode text.")
         if streamer is not None and not callable(streamer):
             raise ValueError(f"`streamer` must be callable. Received: {streamer!r}")
-        generate_function = self.make_generate_function(samplers.get(sampler))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+        sampler = _override_sampler(
+            samplers.get(sampler) or self.sampler, temperature, top_k, top_p
+        )
+        if isinstance(num_return_sequences, bool) or not isinstance(
+            num_return_sequences, (int, np.integer)
+        ) or num_return_sequences < 1:
+            raise ValueError(
+                "`num_return_sequences` must be a positive int. Received: "
+                f"num_return_sequences={num_return_sequences!r}"
+            )
+        if num_return_sequences > 1 and isinstance(
+            sampler, (samplers.GreedySampler, samplers.BeamSampler)
+        ):
+            raise ValueError(
+                "`num_return_sequences` > 1 needs a sampling sampler (top_k, "
+                f"top_p, random, ...); {type(sampler).__name__} would return "
+                "identical sequences."
+            )
+        processors = _builtin_processors(
+            min_p, repetition_penalty, presence_penalty, frequency_penalty
+        ) + tuple(_check_processors(logits_processors))
+        stop_matcher = None
+        if stop_strings is not None:
+            if self.preprocessor is None:
+                raise ValueError("`stop_strings` needs a preprocessor to decode text.")
+            if isinstance(sampler, samplers.BeamSampler):
+                raise ValueError("`stop_strings` is not supported with beam search.")
+            stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+            stop_matcher = self._stop_string_matcher(tuple(stop_strings))
         # Without a seed, draw from NumPy's global state so that
         # `keras.utils.set_random_seed` makes generation reproducible.
         seed_source = np.random.RandomState(seed) if seed is not None else np.random
@@ -213,13 +272,17 @@ class CausalLM(Task):
         def generate_batch(batch):
             return self._generate_batch(
                 batch,
-                generate_function,
+                sampler=sampler,
                 max_length=max_length,
                 max_new_tokens=max_new_tokens,
                 stop_token_ids=stop_token_ids,
                 strip_prompt=strip_prompt,
                 seed=seed_source.randint(0, 2**31 - 1, size=(2,)).astype("int32"),
                 streamer=streamer,
+                processors=processors,
+                stop_matcher=stop_matcher,
+                keep_stop_strings=keep_stop_strings,
+                num_return_sequences=int(num_return_sequences),
             )
 
         if _is_tf_dataset(inputs):
@@ -230,6 +293,14 @@ class CausalLM(Task):
                 }
             return list(itertools.chain.from_iterable(outputs))
         return generate_batch(inputs)
+
+    def _stop_string_matcher(self, stop_strings):
+        matchers = self.__dict__.setdefault("_stop_string_matchers", {})
+        if stop_strings not in matchers:
+            matchers[stop_strings] = StopStringMatcher(
+                self.preprocessor.tokenizer.token_bytes(), stop_strings
+            )
+        return matchers[stop_strings]
 
     def _resolve_stop_token_ids(self, stop_token_ids):
         if isinstance(stop_token_ids, str):
@@ -264,13 +335,17 @@ class CausalLM(Task):
     def _generate_batch(
         self,
         inputs,
-        generate_function,
+        sampler,
         max_length,
         max_new_tokens,
         stop_token_ids,
         strip_prompt,
         seed,
-        streamer=None,
+        streamer,
+        processors,
+        stop_matcher,
+        keep_stop_strings,
+        num_return_sequences,
     ):
         unbatched = False
         if self.preprocessor is not None:
@@ -291,6 +366,9 @@ class CausalLM(Task):
                 token_ids, padding_mask = _resize(
                     token_ids, padding_mask, padding_mask.sum(-1).max() + max_new_tokens
                 )
+        if num_return_sequences > 1:
+            token_ids = np.repeat(token_ids, num_return_sequences, axis=0)
+            padding_mask = np.repeat(padding_mask, num_return_sequences, axis=0)
 
         prompt_lengths = padding_mask.sum(axis=-1)
         if prompt_lengths.min() < 1:
@@ -302,11 +380,20 @@ class CausalLM(Task):
                 f"A prompt of {prompt_lengths.max()} tokens leaves no room to "
                 f"generate within a total length of {token_ids.shape[1]}."
             )
-        prefill_length = int(
-            min(
-                token_ids.shape[1],
-                -(-int(prompt_lengths.min()) // _PREFILL_BUCKET) * _PREFILL_BUCKET,
-            )
+        options = _DecodeOptions(
+            stop_token_ids=stop_token_ids,
+            prefill_length=int(
+                min(
+                    token_ids.shape[1],
+                    -(-int(prompt_lengths.min()) // _PREFILL_BUCKET) * _PREFILL_BUCKET,
+                )
+            ),
+            stream=streamer is not None,
+            logits_processors=processors,
+            stop_condition=stop_matcher,
+        )
+        generate_function = self.make_generate_function(
+            None if sampler is self.sampler else sampler, options
         )
         text_streamer = None
         if streamer is not None:
@@ -316,7 +403,9 @@ class CausalLM(Task):
                 prompt_lengths,
                 stop_token_ids,
                 max_new_tokens,
-                unbatched,
+                unbatched and num_return_sequences == 1,
+                stop_strings=stop_matcher.stop_strings if stop_matcher else (),
+                keep_stop_strings=keep_stop_strings,
             )
         self._active_text_streamer = text_streamer
         try:
@@ -325,10 +414,7 @@ class CausalLM(Task):
                     "token_ids": ops.convert_to_tensor(token_ids),
                     "padding_mask": ops.convert_to_tensor(padding_mask),
                 },
-                stop_token_ids,
                 ops.convert_to_tensor(seed),
-                prefill_length,
-                text_streamer is not None,
             )
             token_ids = np.asarray(ops.convert_to_numpy(outputs["token_ids"]))
             if text_streamer is not None and keras.config.backend() == "jax":
@@ -348,10 +434,47 @@ class CausalLM(Task):
 
         if self.preprocessor is None:
             return {"token_ids": token_ids, "padding_mask": output_mask}
-        texts = self.preprocessor.generate_postprocess(
-            {"token_ids": token_ids, "padding_mask": output_mask}
-        )
+        if stop_matcher is not None:
+            texts = self._texts_cut_at_stop_strings(
+                token_ids, output_mask, prompt_lengths, strip_prompt, stop_matcher, keep_stop_strings
+            )
+        else:
+            texts = self.preprocessor.generate_postprocess(
+                {"token_ids": token_ids, "padding_mask": output_mask}
+            )
+        if num_return_sequences > 1:
+            texts = [
+                texts[i : i + num_return_sequences]
+                for i in range(0, len(texts), num_return_sequences)
+            ]
         return texts[0] if unbatched else texts
+
+    def _texts_cut_at_stop_strings(
+        self, token_ids, output_mask, prompt_lengths, strip_prompt, matcher, keep
+    ):
+        # Cut the completion (not the prompt) at its first stop string; the
+        # decode loop already stopped at the token that completed it.
+        if strip_prompt:
+            completions = self.preprocessor.generate_postprocess(
+                {"token_ids": token_ids, "padding_mask": output_mask}
+            )
+            return [cut_at_stop_strings(c, matcher.stop_strings, keep) for c in completions]
+        positions = np.arange(token_ids.shape[1])[None, :]
+        in_prompt = positions < prompt_lengths[:, None]
+        prompts = self.preprocessor.generate_postprocess(
+            {"token_ids": token_ids, "padding_mask": output_mask & in_prompt}
+        )
+        completions = self.preprocessor.generate_postprocess(
+            {"token_ids": token_ids, "padding_mask": output_mask & ~in_prompt}
+        )
+        texts = []
+        for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+            whole = self.preprocessor.generate_postprocess(
+                {"token_ids": token_ids[row], "padding_mask": output_mask[row]}
+            )
+            cut = cut_at_stop_strings(completion, matcher.stop_strings, keep)
+            texts.append(whole[: len(whole) - len(completion) + len(cut)] if whole.endswith(completion) else prompt + cut)
+        return texts
 
     def _stream_tokens(self, position, token_ids):
         # Called from inside the compiled loop; forwards to this call's
@@ -412,6 +535,62 @@ class CausalLM(Task):
         tokenizer = self.preprocessor.tokenizer
         start = [tokenizer.start_token_id] if self.preprocessor.add_start_token else []
         return [start + list(ids) for ids in tokenizer.tokenize(texts)]
+
+
+class _DecodeOptions(
+    collections.namedtuple(
+        "_DecodeOptions",
+        ["stop_token_ids", "prefill_length", "stream", "logits_processors", "stop_condition"],
+        defaults=[None, None, False, (), None],
+    )
+):
+    """Static settings of one compiled decode loop (part of its cache key)."""
+
+
+def _sampler_key(sampler):
+    return (type(sampler).__name__, json.dumps(sampler.get_config(), sort_keys=True, default=str))
+
+
+def _override_sampler(sampler, temperature, top_k, top_p):
+    """Applies per-call `temperature` / `top_k` / `top_p` to a sampler."""
+    if temperature is None and top_k is None and top_p is None:
+        return sampler
+    config = sampler.get_config()
+    temperature = temperature if temperature is not None else config.get("temperature", 1.0)
+    seed = config.get("seed")
+    if top_p is not None:
+        k = top_k if top_k is not None else config.get("k") if isinstance(sampler, samplers.TopKSampler) else None
+        return samplers.TopPSampler(p=top_p, k=k, seed=seed, temperature=temperature)
+    if top_k is not None:
+        return samplers.TopKSampler(k=top_k, seed=seed, temperature=temperature)
+    return type(sampler).from_config({**config, "temperature": temperature})
+
+
+def _builtin_processors(min_p, repetition_penalty, presence_penalty, frequency_penalty):
+    processors = []
+    if repetition_penalty is not None:
+        processors.append(logits_processors.RepetitionPenalty(repetition_penalty))
+    if presence_penalty is not None or frequency_penalty is not None:
+        processors.append(
+            logits_processors.OccurrencePenalty(presence_penalty or 0.0, frequency_penalty or 0.0)
+        )
+    if min_p is not None:
+        processors.append(logits_processors.MinP(min_p))
+    return tuple(processors)
+
+
+def _check_processors(processors):
+    if processors is None:
+        return ()
+    if callable(processors):
+        processors = [processors]
+    for processor in processors:
+        if not callable(processor):
+            raise ValueError(
+                "`logits_processors` must be a list of callables "
+                f"`(logits, token_ids, index, prompt_mask) -> logits`. Received: {processor!r}"
+            )
+    return tuple(processors)
 
 
 def _check_optional_length(name, value, minimum=2):
@@ -493,11 +672,22 @@ class _TextStreamer:
 
     Each row's generated ids (up to its first stop token and within
     `max_new_tokens`) are decoded as a whole after every step and the new
-    suffix is emitted, so the pieces always join to the final text; a
-    suffix ending in an incomplete UTF-8 character is held back.
+    suffix is emitted, so the pieces always join to the final text. Text is
+    held back while it ends in an incomplete UTF-8 character or could be the
+    start of a stop string, and a row ends at its first stop string.
     """
 
-    def __init__(self, tokenizer, callback, prompt_lengths, stop_token_ids, max_new_tokens, unbatched):
+    def __init__(
+        self,
+        tokenizer,
+        callback,
+        prompt_lengths,
+        stop_token_ids,
+        max_new_tokens,
+        unbatched,
+        stop_strings=(),
+        keep_stop_strings=False,
+    ):
         self.tokenizer = tokenizer
         self.callback = callback
         self.prompt_lengths = [int(n) for n in prompt_lengths]
@@ -505,6 +695,9 @@ class _TextStreamer:
         self.special_token_ids = set(tokenizer.special_token_ids)
         self.max_new_tokens = max_new_tokens
         self.unbatched = unbatched
+        self.stop_strings = list(stop_strings)
+        self.keep_stop_strings = keep_stop_strings
+        self.holdback = max((len(s) for s in self.stop_strings), default=1) - 1
         self.generated = [[] for _ in self.prompt_lengths]
         self.emitted = ["" for _ in self.prompt_lengths]
         self.done = [False for _ in self.prompt_lengths]
@@ -514,15 +707,16 @@ class _TextStreamer:
         if position < self.next_position:
             return
         self.next_position = position + 1
-        deltas = []
-        for row, token_id in enumerate(token_ids.tolist()):
-            deltas.append(self._add_to_row(row, position, token_id))
-        if any(deltas):
-            self.callback(deltas[0] if self.unbatched else deltas)
+        self._emit([self._add_to_row(row, position, t) for row, t in enumerate(token_ids.tolist())])
 
     def finish(self, token_ids):
         for position in range(self.next_position, token_ids.shape[1]):
             self.add(position, token_ids[:, position])
+        self._emit([self._flush(row) for row in range(len(self.generated))])
+
+    def _emit(self, deltas):
+        if any(deltas):
+            self.callback(deltas[0] if self.unbatched else deltas)
 
     def _add_to_row(self, row, position, token_id):
         prompt_length = self.prompt_lengths[row]
@@ -531,12 +725,30 @@ class _TextStreamer:
         if token_id in self.stop_token_ids or (
             self.max_new_tokens is not None and position >= prompt_length + self.max_new_tokens
         ):
-            self.done[row] = True
-            return ""
+            return self._flush(row)
         if token_id not in self.special_token_ids:
             self.generated[row].append(token_id)
-        text = self.tokenizer.detokenize([self.generated[row]])[0]
-        if text.endswith("\ufffd") or not text.startswith(self.emitted[row]):
+        text = self._text(row)
+        if self.stop_strings:
+            cut = cut_at_stop_strings(text, self.stop_strings, self.keep_stop_strings)
+            if len(cut) < len(text) or any(s in text for s in self.stop_strings):
+                return self._flush(row, cut)
+        return self._delta(row, text[: len(text) - self.holdback])
+
+    def _flush(self, row, text=None):
+        if self.done[row]:
+            return ""
+        self.done[row] = True
+        text = self._text(row) if text is None else text
+        if self.stop_strings and text is not None:
+            text = cut_at_stop_strings(text, self.stop_strings, self.keep_stop_strings)
+        return self._delta(row, text, final=True)
+
+    def _text(self, row):
+        return self.tokenizer.detokenize([self.generated[row]])[0]
+
+    def _delta(self, row, text, final=False):
+        if (text.endswith("\ufffd") and not final) or not text.startswith(self.emitted[row]):
             return ""
         delta = text[len(self.emitted[row]):]
         self.emitted[row] = text

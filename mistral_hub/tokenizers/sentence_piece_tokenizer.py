@@ -131,6 +131,25 @@ class SentencePieceTokenizer(Tokenizer):
                 "`load_assets()`."
             )
 
+    def token_bytes(self):
+        """The UTF-8 bytes each id decodes to inside a text, as a list.
+
+        `▁` becomes a space, byte-fallback pieces their byte, and control
+        or unknown pieces nothing. Used to match stop strings on bytes.
+        """
+        self._check_vocabulary()
+        processor = self._processor
+        table = []
+        for i in range(processor.GetPieceSize()):
+            piece = processor.IdToPiece(i)
+            if processor.IsControl(i) or processor.IsUnknown(i):
+                table.append(b"")
+            elif processor.IsByte(i):
+                table.append(bytes([int(piece[3:5], 16)]))
+            else:
+                table.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return table
+
     def vocabulary_size(self):
         """Returns the number of pieces of the model."""
         self._check_vocabulary()

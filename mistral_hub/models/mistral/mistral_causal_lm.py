@@ -9,6 +9,7 @@ from mistral_hub.models.mistral.mistral_causal_lm_preprocessor import (
 from mistral_hub.models.mistral.mistral_transformer_decoder import (
     compute_attention_mask,
 )
+from mistral_hub.samplers.logits_processors import chain
 from mistral_hub.utils.tensor_utils import host_callback
 
 
@@ -151,6 +152,8 @@ class MistralCausalLM(CausalLM):
         seed=None,
         prefill_length=None,
         stream_callback=None,
+        logits_processors=(),
+        stop_condition=None,
     ):
         """Generates one batch of token ids; the compiled part of `generate()`.
 
@@ -166,6 +169,12 @@ class MistralCausalLM(CausalLM):
                 called from inside the loop with each position's `(batch,)`
                 ids as soon as they are final (all but the last position;
                 `generate()` reports that one after the loop).
+            logits_processors: callables
+                `(logits, token_ids, index, prompt_mask) -> logits` applied
+                in order at every step.
+            stop_condition: optional `fn(token_ids, index) -> (batch,) bool`
+                evaluated after each step; True ends that row (used for stop
+                strings).
 
         Returns:
             A dict of `token_ids` and a bool `padding_mask` that is True up
@@ -196,6 +205,11 @@ class MistralCausalLM(CausalLM):
             )
             return ops.squeeze(logits, axis=1), ops.squeeze(hidden_states, axis=1), cache
 
+        extra = {}
+        if logits_processors:
+            extra["logits_processor"] = chain(logits_processors, padding_mask)
+        if stop_condition is not None:
+            extra["stop_condition"] = stop_condition
         token_ids = sampler(
             next=next,
             prompt=token_ids,
@@ -206,6 +220,7 @@ class MistralCausalLM(CausalLM):
             hidden_states=hidden_states,
             model=self,
             seed=seed,
+            **extra,
         )
         if isinstance(token_ids, tuple):
             raise ValueError(

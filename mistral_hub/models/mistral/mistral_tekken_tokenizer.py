@@ -345,6 +345,18 @@ class MistralTekkenTokenizer(Tokenizer):
                 "`set_vocabulary()` or `load_assets()`."
             )
 
+    def token_bytes(self):
+        """The bytes each id decodes to, as a list (special tokens: none).
+
+        Used to match stop strings on bytes.
+        """
+        self._check_vocabulary()
+        model = self._model
+        return [b""] * model.num_special + [
+            model.encoding.decode_single_token_bytes(i)
+            for i in range(model.size - model.num_special)
+        ]
+
     @property
     def num_special_tokens(self):
         """The number of ids reserved for special tokens."""
