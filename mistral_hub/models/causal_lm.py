@@ -86,7 +86,9 @@ class CausalLM(Task):
         """
         options = options or _DecodeOptions()
         chosen = sampler or self.sampler
-        key = (_sampler_key(chosen), options)
+        # Variables are part of the key: `quantize()` or `enable_lora()`
+        # replace or add variables that an older traced function misses.
+        key = (_sampler_key(chosen), options, tuple(id(v) for v in self.variables))
         cache = self.__dict__.setdefault("_generate_functions", {})
         if key in cache:
             function = cache[key]
