@@ -351,9 +351,12 @@ class CausalLM(Task):
     ):
         unbatched = False
         if self.preprocessor is not None:
-            texts = _to_python_strings(inputs)
-            unbatched = isinstance(texts, str)
-            prompts = self._tokenize_prompts([texts] if unbatched else texts)
+            if isinstance(inputs, _TokenizedPrompts):
+                prompts, unbatched = inputs.token_ids, inputs.unbatched
+            else:
+                texts = _to_python_strings(inputs)
+                unbatched = isinstance(texts, str)
+                prompts = self._tokenize_prompts([texts] if unbatched else texts)
             longest = max(len(p) for p in prompts)
             total_length = (
                 longest + max_new_tokens
@@ -522,6 +525,40 @@ class CausalLM(Task):
         if failure:
             raise failure[0]
 
+    def chat(self, messages, **kwargs):
+        """Answers a conversation with an instruct model; returns the reply.
+
+        The conversation is encoded with the tokenizer's chat template
+        (`apply_chat_template`: Mistral's v1, v3, v7 or Tekken convention,
+        control tokens included), then generated from and stripped.
+
+        Args:
+            messages: a list of `{"role": "system" | "user" | "assistant",
+                "content": str}` messages ending with a user turn, or a list
+                of such conversations.
+            **kwargs: any `generate()` argument (`max_new_tokens`,
+                `sampler`, `stop_strings`, ...), except `strip_prompt`.
+
+        Returns:
+            The assistant's reply, or a list of replies for a list of
+            conversations.
+        """
+        if self.preprocessor is None or not hasattr(
+            self.preprocessor.tokenizer, "apply_chat_template"
+        ):
+            raise ValueError("`chat()` needs a preprocessor whose tokenizer has a chat template.")
+        if "strip_prompt" in kwargs:
+            raise ValueError("`chat()` always returns only the reply; drop `strip_prompt`.")
+        unbatched = bool(messages) and isinstance(messages[0], dict)
+        conversations = [messages] if unbatched else messages
+        if not conversations:
+            raise ValueError("`messages` must be a non-empty conversation.")
+        tokenizer = self.preprocessor.tokenizer
+        prompts = [tokenizer.apply_chat_template(c) for c in conversations]
+        return self.generate(
+            _TokenizedPrompts(prompts, unbatched), strip_prompt=True, **kwargs
+        )
+
     def _tokenize_prompts(self, texts):
         if not isinstance(texts, list) or not texts:
             raise ValueError(
@@ -537,6 +574,10 @@ class CausalLM(Task):
         tokenizer = self.preprocessor.tokenizer
         start = [tokenizer.start_token_id] if self.preprocessor.add_start_token else []
         return [start + list(ids) for ids in tokenizer.tokenize(texts)]
+
+
+class _TokenizedPrompts(collections.namedtuple("_TokenizedPrompts", ["token_ids", "unbatched"])):
+    """Prompts already turned into ids (with the start token), e.g. by a chat template."""
 
 
 class _DecodeOptions(

@@ -232,3 +232,29 @@ def test_bad_control_values(models, kwargs, message):
     _, causal_lm = models
     with pytest.raises(ValueError, match=message):
         causal_lm.generate(PROMPT, max_new_tokens=2, **kwargs)
+
+
+def test_chat_encodes_with_the_chat_template_and_returns_the_reply(models):
+    _, causal_lm = models
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+    ]
+    prompt_ids = causal_lm.preprocessor.tokenizer.apply_chat_template(messages)
+    reply = causal_lm.chat(messages, max_new_tokens=6, stop_token_ids=None)
+    # The same ids fed as tokens give the same continuation.
+    preprocessor = causal_lm.preprocessor
+    causal_lm.preprocessor = None
+    try:
+        token_ids = np.zeros((1, len(prompt_ids) + 6), "int32")
+        token_ids[0, : len(prompt_ids)] = prompt_ids
+        output = causal_lm.generate(
+            {"token_ids": token_ids, "padding_mask": token_ids != 0}, stop_token_ids=None
+        )
+    finally:
+        causal_lm.preprocessor = preprocessor
+    expected = preprocessor.tokenizer.detokenize(output["token_ids"][0, len(prompt_ids):].tolist())
+    assert reply == expected
+    assert causal_lm.chat([messages, messages], max_new_tokens=6, stop_token_ids=None) == [reply, reply]
+    with pytest.raises(ValueError):
+        causal_lm.chat([{"role": "assistant", "content": "Hi"}])
