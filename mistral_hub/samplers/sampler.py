@@ -232,7 +232,8 @@ class Sampler:
         """Casts `logits` to float32 and applies `logits_processor`."""
         logits = ops.cast(logits, "float32")
         if logits_processor is not None:
-            logits = ops.cast(logits_processor(logits, prompt, index), "float32")
+            logits = logits_processor(logits, prompt, index)
+            logits = ops.cast(logits, "float32")
         return logits
 
     def write_token(
