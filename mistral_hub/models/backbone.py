@@ -1,5 +1,7 @@
 import keras
 
+from mistral_hub.utils import preset_utils
+
 
 class Backbone(keras.Model):
     """Base class for functional backbones: dtype handling and config.
@@ -60,6 +62,60 @@ class Backbone(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+
+    @preset_utils.classproperty
+    def presets(cls):
+        """Built-in presets of this class: name -> metadata and handle."""
+        return preset_utils.builtin_presets(cls)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds a backbone from a preset.
+
+        `preset` is a built-in name (see `presets`), a
+        `kaggle://owner/model/framework/variation[/version]` or
+        `hf://owner/repo[@revision]` handle, or a local directory, holding a
+        Keras preset (keras_hub's format), a transformers checkpoint or a
+        Mistral (`params.json`) checkpoint. Called on `Backbone`, the class
+        is read from the preset.
+
+        Args:
+            preset: str or path. The preset.
+            load_weights: bool. If False, weights are randomly initialized.
+            **kwargs: config overrides, e.g. `dtype="bfloat16"`. Without
+                `dtype`, the saved (or checkpoint) dtype is kept.
+
+        Example:
+        >>> import tempfile
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=1,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> preset = tempfile.mkdtemp() + "/tiny"
+        >>> backbone.save_to_preset(preset)
+        >>> Backbone.from_preset(preset, dtype="bfloat16").dtype_policy.name
+        'bfloat16'
+        """
+        return preset_utils.backbone_from_preset(cls, preset, load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10, overwrite=False):
+        """Saves `config.json`, `metadata.json` and the weights atomically.
+
+        Args:
+            preset_dir: str or path. Adds to an existing Keras preset there.
+            max_shard_size: float. Shard the weights above this many GB.
+            overwrite: bool. Needed to replace a non-empty directory that is
+                not a Keras preset.
+        """
+        preset_utils.save_backbone(self, preset_dir, max_shard_size, overwrite)
+
+    def export_to_transformers(self, path, max_shard_size="5GB", overwrite=False):
+        """Writes `config.json` and safetensors weights for transformers."""
+        from mistral_hub.utils.transformers.export import export_to_transformers
+
+        export_to_transformers(self, path, max_shard_size=max_shard_size, overwrite=overwrite)
 
     def default_lora_layer_names(self):
         """Names of the layers `enable_lora` targets by default."""

@@ -137,7 +137,7 @@ class CausalLM(Task):
         if backend == "tensorflow" and not self.run_eagerly:
             import tensorflow as tf
 
-            return tf.function(step, reduce_retracing=True)
+            return tf.function(step)
         if backend == "torch":
             import torch
 
@@ -238,6 +238,11 @@ class CausalLM(Task):
             raise ValueError(f"`streamer` must be callable. Received: {streamer!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+        if getattr(self, "sampler", None) is None:
+            # Built with `compile=False`: generation still works with the
+            # default sampler, without touching the training setup.
+            self.sampler = samplers.get("top_k")
+            self.generate_function = None
         sampler = _override_sampler(
             samplers.get(sampler) or self.sampler, temperature, top_k, top_p
         )
@@ -316,6 +321,9 @@ class CausalLM(Task):
                     '`stop_token_ids="auto"` needs a preprocessor to find the '
                     "end token; pass explicit ids or None."
                 )
+            configured = getattr(self, "default_stop_token_ids", None)
+            if configured:
+                return tuple(int(i) for i in configured)
             return (self.preprocessor.tokenizer.end_token_id,)
         if stop_token_ids is None:
             return None

@@ -1,5 +1,7 @@
 import keras
 
+from mistral_hub.utils import preset_utils
+
 
 class Preprocessor(keras.layers.Layer):
     """Base class for preprocessors: owns a tokenizer and serializes it.
@@ -37,3 +39,49 @@ class Preprocessor(keras.layers.Layer):
                 config["tokenizer"]
             )
         return cls(**config)
+
+    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+
+    @preset_utils.classproperty
+    def presets(cls):
+        """Built-in presets of this class: name -> metadata and handle."""
+        return preset_utils.builtin_presets(cls)
+
+    @classmethod
+    def from_preset(cls, preset, config_file="preprocessor.json", **kwargs):
+        """Builds the preprocessor (and its tokenizer) from a preset.
+
+        Without `config_file` in the preset (e.g. a transformers
+        checkpoint), the preprocessor gets default settings around the
+        preset's tokenizer.
+
+        Args:
+            preset: str or path. See `Backbone.from_preset`.
+            config_file: str. The preprocessor config file in the preset.
+            **kwargs: overrides, e.g. `sequence_length=128`; tokenizer
+                arguments go to the tokenizer.
+
+        Example:
+        >>> import tempfile
+        >>> from tests.test_data import mistral_test_proto
+        >>> from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
+        >>> from mistral_hub.models.mistral.mistral_causal_lm_preprocessor import (
+        ...     MistralCausalLMPreprocessor)
+        >>> preprocessor = MistralCausalLMPreprocessor(
+        ...     MistralTokenizer(mistral_test_proto()), sequence_length=8)
+        >>> preset = tempfile.mkdtemp() + "/tiny"
+        >>> preprocessor.save_to_preset(preset)
+        >>> MistralCausalLMPreprocessor.from_preset(
+        ...     preset, sequence_length=4).sequence_length
+        4
+        """
+        return preset_utils.preprocessor_from_preset(cls, preset, config_file, **kwargs)
+
+    def save_to_preset(self, preset_dir, overwrite=False):
+        """Saves the preprocessor and its tokenizer (with assets) atomically."""
+        preset_utils.save_preprocessor(self, preset_dir, overwrite)
+
+    def load_preset_assets(self, preset):
+        """Loads the tokenizer's vocabulary files from `preset`."""
+        if self.tokenizer is not None:
+            self.tokenizer = preset_utils.load_tokenizer_assets(self.tokenizer, preset)

@@ -1,5 +1,7 @@
 import keras
 
+from mistral_hub.utils import preset_utils
+
 
 class Task(keras.Model):
     """Base class for end-to-end models: a backbone, a head and a preprocessor.
@@ -73,6 +75,63 @@ class Task(keras.Model):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+
+    @preset_utils.classproperty
+    def presets(cls):
+        """Built-in presets of this class: name -> metadata and handle."""
+        return preset_utils.builtin_presets(cls)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds the task (backbone and preprocessor) from a preset.
+
+        See `Backbone.from_preset` for the accepted presets. Called on a
+        base class such as `CausalLM`, the concrete class is chosen from
+        the preset's backbone. A transformers checkpoint's
+        `generation_config.json` stop ids become `default_stop_token_ids`.
+
+        Args:
+            preset: str or path. The preset.
+            load_weights: bool. If False, weights are randomly initialized.
+            **kwargs: overrides routed by name: backbone config values and
+                `dtype` to the backbone, `sequence_length` and other
+                preprocessor arguments to the preprocessor, tokenizer
+                arguments to the tokenizer, the rest (`compile`, `name`,
+                `backbone=`, `preprocessor=`) to the task.
+
+        Example:
+        >>> import tempfile
+        >>> from mistral_hub.models.causal_lm import CausalLM
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=1,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> preset = tempfile.mkdtemp() + "/tiny"
+        >>> MistralCausalLM(backbone).save_to_preset(preset)
+        >>> type(CausalLM.from_preset(preset)).__name__
+        'MistralCausalLM'
+        """
+        return preset_utils.task_from_preset(cls, preset, load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10, overwrite=False):
+        """Saves `task.json`, the backbone and the preprocessor atomically.
+
+        Args:
+            preset_dir: str or path. Adds to an existing Keras preset there.
+            max_shard_size: float. Shard the weights above this many GB.
+            overwrite: bool. Needed to replace a non-empty directory that is
+                not a Keras preset.
+        """
+        preset_utils.save_task(self, preset_dir, max_shard_size, overwrite)
+
+    def export_to_transformers(self, path, max_shard_size="5GB", overwrite=False):
+        """Writes model, tokenizer and generation config for transformers."""
+        from mistral_hub.utils.transformers.export import export_to_transformers
+
+        export_to_transformers(self, path, max_shard_size=max_shard_size, overwrite=overwrite)
 
     # --- preprocessing in fit / evaluate / predict ------------------------
 

@@ -147,3 +147,199 @@ def load_hf_weights(backbone, get_tensor, has_tensor, tie_word_embeddings=False)
                 f"gives {tuple(value.shape)}, the model expects {tuple(variable.shape)}."
             )
         variable.assign(value)
+
+
+# --- transformers config export ---------------------------------------------
+
+
+def hf_config_from_backbone(backbone, max_position_embeddings=32768, dtype=None):
+    """Builds a transformers `MistralConfig` dict for a backbone.
+
+    Unlike keras_hub's exporter, `head_dim` is the head size the backbone
+    really uses (explicit for Magistral-style models), and RoPE scaling is
+    written out.
+
+    Args:
+        backbone: a `MistralBackbone`.
+        max_position_embeddings: int. Written as is; Mistral models have no
+            learned positions, so it only bounds transformers' generation.
+        dtype: str. The `dtype` to record; defaults to the backbone's
+            variable dtype.
+
+    Returns:
+        A JSON-serializable dict for `config.json`.
+
+    Example:
+    >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+    >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=1,
+    ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+    ...     num_key_value_heads=1, head_dim=6, sliding_window=None)
+    >>> config = hf_config_from_backbone(backbone)
+    >>> config["head_dim"], config["sliding_window"]
+    (6, None)
+    """
+    import keras
+
+    dtype = dtype or keras.backend.standardize_dtype(backbone.token_embedding.embeddings.dtype)
+    rope_theta = float(backbone.rope_max_wavelength)
+    rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
+    config = {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim,
+        "intermediate_size": backbone.intermediate_dim,
+        "num_hidden_layers": backbone.num_layers,
+        "num_attention_heads": backbone.num_query_heads,
+        "num_key_value_heads": backbone.num_key_value_heads,
+        "head_dim": backbone.resolved_head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": float(backbone.layer_norm_epsilon),
+        "rope_theta": rope_theta,
+        "sliding_window": backbone.sliding_window,
+        "max_position_embeddings": int(max_position_embeddings),
+        "attention_dropout": float(backbone.dropout),
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "initializer_range": 0.02,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+    }
+    if backbone.rope_scaling_factor != 1.0:
+        factor = float(backbone.rope_scaling_factor)
+        rope_parameters.update({"rope_type": "linear", "factor": factor})
+        config["rope_scaling"] = {"rope_type": "linear", "type": "linear", "factor": factor}
+    config["rope_parameters"] = rope_parameters
+    return config
+
+
+# --- Mistral's own format (mistral-inference `params.json`) ------------------
+
+_UNSUPPORTED_PARAMS = {
+    "moe": "mixture-of-experts (Mixtral-style) models",
+    "yarn": "YaRN RoPE scaling",
+    "llama_4_scaling": "Llama 4 attention scaling",
+}
+
+
+def backbone_kwargs_from_mistral_params(params):
+    """Maps a mistral-inference `params.json` dict to backbone kwargs.
+
+    Args:
+        params: dict parsed from `params.json` (`dim`, `n_layers`,
+            `head_dim`, `hidden_dim`, `n_heads`, `n_kv_heads`, `norm_eps`,
+            `vocab_size`, `rope_theta`, `sliding_window`).
+
+    Returns:
+        A dict of `MistralBackbone` constructor arguments.
+
+    Raises:
+        ValueError: for missing keys or architectures the backbone does not
+            implement.
+
+    Example:
+    >>> backbone_kwargs_from_mistral_params({"dim": 32, "n_layers": 2,
+    ...     "head_dim": 8, "hidden_dim": 64, "n_heads": 4, "n_kv_heads": 2,
+    ...     "norm_eps": 1e-5, "vocab_size": 100})["sliding_window"] is None
+    True
+    """
+    for key, feature in _UNSUPPORTED_PARAMS.items():
+        if params.get(key):
+            raise ValueError(
+                f"This Mistral checkpoint uses {feature} (`{key}` in "
+                "params.json), which `MistralBackbone` does not implement."
+            )
+    try:
+        sliding_window = params.get("sliding_window")
+        if isinstance(sliding_window, (list, tuple)):
+            if len(set(sliding_window)) != 1:
+                raise ValueError(
+                    "Per-layer sliding windows are not supported. Received: "
+                    f"sliding_window={sliding_window!r}"
+                )
+            sliding_window = sliding_window[0]
+        return {
+            "vocabulary_size": int(params["vocab_size"]),
+            "num_layers": int(params["n_layers"]),
+            "num_query_heads": int(params["n_heads"]),
+            "hidden_dim": int(params["dim"]),
+            "intermediate_dim": int(params["hidden_dim"]),
+            "num_key_value_heads": int(params.get("n_kv_heads") or params["n_heads"]),
+            "rope_max_wavelength": float(params.get("rope_theta", 10000.0)),
+            "rope_scaling_factor": 1.0,
+            "layer_norm_epsilon": float(params.get("norm_eps", 1e-5)),
+            "sliding_window": None if sliding_window is None else int(sliding_window),
+            "head_dim": None if params.get("head_dim") is None else int(params["head_dim"]),
+            "dropout": 0,
+        }
+    except KeyError as e:
+        raise ValueError(f"params.json is missing the key {e}.") from None
+
+
+_HF_TO_MISTRAL = [
+    (r"^model\.embed_tokens\.weight$", "tok_embeddings.weight"),
+    (r"^model\.norm\.weight$", "norm.weight"),
+    (r"^lm_head\.weight$", "output.weight"),
+    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"layers.\1.attention_norm.weight"),
+    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"layers.\1.ffn_norm.weight"),
+    (
+        r"^model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight$",
+        r"layers.\1.attention.w\2.weight",
+    ),
+    (r"^model\.layers\.(\d+)\.mlp\.gate_proj\.weight$", r"layers.\1.feed_forward.w1.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.down_proj\.weight$", r"layers.\1.feed_forward.w2.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.up_proj\.weight$", r"layers.\1.feed_forward.w3.weight"),
+]
+
+
+def mistral_tensor_name(hf_name):
+    """The mistral-inference name of a transformers tensor name.
+
+    Example:
+    >>> mistral_tensor_name("model.layers.3.mlp.gate_proj.weight")
+    'layers.3.feed_forward.w1.weight'
+    """
+    import re
+
+    for pattern, replacement in _HF_TO_MISTRAL:
+        name, count = re.subn(pattern, replacement, hf_name)
+        if count:
+            return name
+    raise ValueError(f"No mistral-inference name for tensor `{hf_name}`.")
+
+
+def rope_permute(weight, num_heads):
+    """Reorders q/k projection rows from Mistral's to transformers' RoPE layout.
+
+    mistral-inference rotates interleaved pairs `(x[2i], x[2i+1])` of each
+    head; transformers (and mistral_hub) rotate halves `(x[i], x[i+d/2])`.
+    Permuting the rows of `wq`/`wk` per head maps one onto the other (the
+    same permutation as transformers' conversion script).
+
+    Args:
+        weight: array `(num_heads * head_dim, hidden)`.
+        num_heads: int.
+
+    Returns:
+        The permuted array, same shape.
+    """
+    rows, hidden = weight.shape
+    head_dim = rows // num_heads
+    return (
+        weight.reshape(num_heads, head_dim // 2, 2, hidden)
+        .transpose(0, 2, 1, 3)
+        .reshape(rows, hidden)
+    )
+
+
+def rope_unpermute(weight, num_heads):
+    """Inverse of `rope_permute` (transformers -> Mistral layout)."""
+    rows, hidden = weight.shape
+    head_dim = rows // num_heads
+    return (
+        weight.reshape(num_heads, 2, head_dim // 2, hidden)
+        .transpose(0, 2, 1, 3)
+        .reshape(rows, hidden)
+    )

@@ -113,7 +113,9 @@ def test_presence_and_frequency_penalties_count_generated_tokens_only():
     token_ids = np.array([[4, 4, 1, 1, 1, 2, 0, 0]], "int32")
     prompt_mask = np.array([[1, 1, 0, 0, 0, 0, 0, 0]], bool)
     processor = logits_processors.OccurrencePenalty(presence_penalty=0.5, frequency_penalty=0.25)
-    actual = ops.convert_to_numpy(processor(logits, token_ids, 6, prompt_mask))
+    actual = ops.convert_to_numpy(
+        processor(*(ops.convert_to_tensor(x) for x in (logits, token_ids)), 6, ops.convert_to_tensor(prompt_mask))
+    )
     # Token 1 generated 3 times, token 2 once; token 4 only in the prompt.
     np.testing.assert_allclose(actual, [[0, -1.25, -0.75, 0, 0, 0]])
 

@@ -54,20 +54,13 @@ def test_same_greedy_generation(pair):
 def test_same_logits_and_scores(pair):
     theirs, ours = pair
     x, y, _ = ours.preprocessor(PROMPTS)
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(ours.score(x["token_ids"], x["padding_mask"])),
-        ops.convert_to_numpy(theirs.score(x["token_ids"], x["padding_mask"])),
-        atol=1e-5,
-    )
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(
-            ours.score(x["token_ids"], x["padding_mask"], scoring_mode="loss", target_ids=y)
-        ),
-        ops.convert_to_numpy(
-            theirs.score(x["token_ids"], x["padding_mask"], scoring_mode="loss", target_ids=y)
-        ),
-        atol=1e-5,
-    )
+    # Outputs at padding positions are unspecified (keras_hub's TensorFlow
+    # path masks them differently); compare the real tokens.
+    valid = np.asarray(x["padding_mask"]).astype(bool)
+    for kwargs in ({}, {"scoring_mode": "loss", "target_ids": y}):
+        expected = ops.convert_to_numpy(theirs.score(x["token_ids"], x["padding_mask"], **kwargs))
+        actual = ops.convert_to_numpy(ours.score(x["token_ids"], x["padding_mask"], **kwargs))
+        np.testing.assert_allclose(actual[valid], expected[valid], atol=1e-5)
 
 
 def test_same_training_step_on_unpadded_data(pair):
