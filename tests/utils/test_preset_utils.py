@@ -75,7 +75,9 @@ def test_builtin_presets_match_keras_hub():
     for cls in (MistralBackbone, Backbone, MistralCausalLM, CausalLM, Task,
                 MistralCausalLMPreprocessor, Preprocessor, MistralTokenizer, Tokenizer):
         presets = cls.presets
-        assert set(presets) == set(BUILTIN), cls
+        # keras_hub's presets, plus the demo preset shipped in the package.
+        assert set(presets) == set(BUILTIN) | {"mistral_hub_demo"}, cls
+        assert presets["mistral_hub_demo"]["package_path"] == "presets/mistral_hub_demo"
         for name, (params, handle) in BUILTIN.items():
             assert presets[name]["metadata"]["params"] == params
             assert presets[name]["kaggle_handle"] == handle
