@@ -11,7 +11,15 @@ paths=(tests)
 for arg in "$@"; do
     case "$arg" in
         --no-install) install=0 ;;
-        --core) paths=(tests/models/mistral/test_backbone.py tests/models/mistral/test_causal_lm.py tests/models/mistral/test_causal_lm_preprocessor.py tests/samplers) ;;
+        --core) paths=(
+            tests/models/mistral/test_backbone.py
+            tests/models/mistral/test_causal_lm.py
+            tests/models/mistral/test_causal_lm_preprocessor.py
+            tests/models/mistral/test_generation_controls.py
+            tests/models/mistral/test_keras_hub_compat.py
+            tests/models/mistral/test_lora_and_quantization.py
+            tests/samplers
+        ) ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
