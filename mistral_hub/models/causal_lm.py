@@ -7,7 +7,9 @@ import numpy as np
 from keras import ops
 
 from mistral_hub import samplers
+from mistral_hub.models.causal_lm_preprocessor import _to_python_strings
 from mistral_hub.models.task import Task
+from mistral_hub.models.task import _is_tf_dataset
 from mistral_hub.samplers import logits_processors
 from mistral_hub.samplers.stop_strings import StopStringMatcher
 from mistral_hub.samplers.stop_strings import cut_at_stop_strings
@@ -653,24 +655,8 @@ def _check_optional_length(name, value, minimum=2):
         )
 
 
-def _is_tf_dataset(x):
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return False
-    return isinstance(x, tf.data.Dataset)
 
 
-def _to_python_strings(x):
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        x = x.numpy()
-    if isinstance(x, np.ndarray):
-        x = x.tolist()
-    if isinstance(x, bytes):
-        return x.decode("utf-8")
-    if isinstance(x, (list, tuple)):
-        return [_to_python_strings(item) for item in x]
-    return x
 
 
 def _unpack_token_inputs(inputs):
