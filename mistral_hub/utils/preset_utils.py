@@ -437,6 +437,19 @@ def serialize(obj):
     return serialized
 
 
+def progress(items, description):
+    """Wraps `items` in a tqdm progress bar shown only on a terminal.
+
+    Set `MISTRAL_HUB_QUIET=1` to silence it everywhere (downloads show the
+    hub clients' own bars, which follow their own settings).
+    """
+    from tqdm.auto import tqdm
+
+    quiet = os.environ.get("MISTRAL_HUB_QUIET", "") not in ("", "0")
+    # `disable=None` turns the bar off when the output is not a TTY.
+    return tqdm(items, desc=description, unit="tensor", disable=True if quiet else None, leave=False)
+
+
 # ---------------------------------------------------------------------------
 # Built-in presets
 # ---------------------------------------------------------------------------

@@ -167,7 +167,8 @@ def _load_weights(backbone, checkpoint, tie_word_embeddings, what):
     previous value is freed first).
     """
     head_dim = backbone.resolved_head_dim
-    for hf_name, variable, _, _ in convert_mistral.hf_weight_map(backbone):
+    weight_map = convert_mistral.hf_weight_map(backbone)
+    for hf_name, variable, _, _ in preset_utils.progress(weight_map, f"Converting {what}"):
         source = hf_name
         if hf_name == "lm_head.weight" and (
             tie_word_embeddings or not checkpoint.has_tensor(hf_name)
