@@ -16,7 +16,7 @@ no padding piece); cut the text into overlapping chunks of at most
 `MistralBackbone` with `MistralCausalLM.fit()` on the raw strings; save the
 weights in bfloat16 with `save_to_preset()` (about 2.7 MB).
 
-It takes about 9 minutes on 2 CPU cores with the JAX backend (final
+It takes about 6 minutes on 2 CPU cores with the JAX backend (final
 training loss 1.39); any backend works, with different numerics:
 
     KERAS_BACKEND=jax python examples/train_demo_preset.py

@@ -1,3 +1,5 @@
+import sys
+
 import keras
 import numpy as np
 
@@ -5,9 +7,9 @@ from mistral_hub.models.preprocessor import Preprocessor
 
 
 def _in_tf_graph(x):
-    try:
-        import tensorflow as tf
-    except ImportError:
+    # Only an already imported TensorFlow can be tracing us.
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
         return False
     return tf.inside_function() or (
         isinstance(x, tf.Tensor) and not hasattr(x, "numpy")

@@ -1,3 +1,5 @@
+import sys
+
 import keras
 
 from mistral_hub.utils import preset_utils
@@ -178,11 +180,10 @@ class Task(keras.Model):
 
 
 def _is_tf_dataset(x):
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return False
-    return isinstance(x, tf.data.Dataset)
+    # A dataset can only exist once TensorFlow is imported; don't pay for
+    # importing it on JAX or torch just to check.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(x, tf.data.Dataset)
 
 
 def _unpack(data):
