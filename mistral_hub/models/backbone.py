@@ -1,9 +1,10 @@
 import keras
 
+from mistral_hub.models.functional_model import FunctionalModel
 from mistral_hub.utils import preset_utils
 
 
-class Backbone(keras.Model):
+class Backbone(FunctionalModel):
     """Base class for functional backbones: dtype handling and config.
 
     A backbone maps preprocessed inputs to hidden states. Subclasses build a
@@ -19,18 +20,6 @@ class Backbone(keras.Model):
         self._initialized = True
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
-
-    def __setattr__(self, name, value):
-        # Subclasses assign layers before the functional `__init__` runs; on
-        # torch that would register modules on a `torch.nn.Module` that is not
-        # initialized yet, so those early assignments bypass tracking. The
-        # functional graph tracks the layers once it is built.
-        if keras.config.backend() == "torch" and (
-            not hasattr(self, "_initialized")
-            or isinstance(getattr(type(self), name, None), property)
-        ):
-            return object.__setattr__(self, name, value)
-        return super().__setattr__(name, value)
 
     @property
     def token_embedding(self):

@@ -2,10 +2,11 @@ import sys
 
 import keras
 
+from mistral_hub.models.functional_model import FunctionalModel
 from mistral_hub.utils import preset_utils
 
 
-class Task(keras.Model):
+class Task(FunctionalModel):
     """Base class for end-to-end models: a backbone, a head and a preprocessor.
 
     `fit`, `evaluate` and `predict` run the attached preprocessor on raw
@@ -27,16 +28,6 @@ class Task(keras.Model):
             self.dtype_policy = self._backbone.dtype_policy
         if compile:
             self.compile()
-
-    def __setattr__(self, name, value):
-        # See `Backbone.__setattr__`: attributes set before the functional
-        # `__init__` must bypass torch module registration.
-        if keras.config.backend() == "torch" and (
-            not hasattr(self, "_initialized")
-            or isinstance(getattr(type(self), name, None), property)
-        ):
-            return object.__setattr__(self, name, value)
-        return super().__setattr__(name, value)
 
     @property
     def backbone(self):
