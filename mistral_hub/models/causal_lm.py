@@ -474,21 +474,20 @@ class CausalLM(Task):
                 {"token_ids": token_ids, "padding_mask": output_mask}
             )
             return [cut_at_stop_strings(c, matcher.stop_strings, keep) for c in completions]
-        positions = np.arange(token_ids.shape[1])[None, :]
-        in_prompt = positions < prompt_lengths[:, None]
-        prompts = self.preprocessor.generate_postprocess(
-            {"token_ids": token_ids, "padding_mask": output_mask & in_prompt}
-        )
-        completions = self.preprocessor.generate_postprocess(
-            {"token_ids": token_ids, "padding_mask": output_mask & ~in_prompt}
+        in_prompt = np.arange(token_ids.shape[1])[None, :] < prompt_lengths[:, None]
+        wholes, prompts, completions = (
+            self.preprocessor.generate_postprocess(
+                {"token_ids": token_ids, "padding_mask": output_mask & mask}
+            )
+            for mask in (True, in_prompt, ~in_prompt)
         )
         texts = []
-        for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-            whole = self.preprocessor.generate_postprocess(
-                {"token_ids": token_ids[row], "padding_mask": output_mask[row]}
-            )
+        for whole, prompt, completion in zip(wholes, prompts, completions):
             cut = cut_at_stop_strings(completion, matcher.stop_strings, keep)
-            texts.append(whole[: len(whole) - len(completion) + len(cut)] if whole.endswith(completion) else prompt + cut)
+            if whole.endswith(completion):
+                texts.append(whole[: len(whole) - len(completion) + len(cut)])
+            else:
+                texts.append(prompt + cut)
         return texts
 
     def _stream_tokens(self, position, token_ids):

@@ -29,6 +29,8 @@ class BanToken(LogitsProcessor):
 import keras
 from keras import ops
 
+from mistral_hub.samplers.sampler import check_number
+
 
 class LogitsProcessor:
     """Base class for logits processors (any matching callable also works)."""
@@ -75,7 +77,7 @@ class RepetitionPenalty(LogitsProcessor):
     """
 
     def __init__(self, penalty):
-        _check_number("repetition_penalty", penalty, minimum=0.0, inclusive=False)
+        check_number("repetition_penalty", penalty, 0.0, float("inf"), low_inclusive=False)
         self.penalty = float(penalty)
 
     def __call__(self, logits, token_ids, index, prompt_mask):
@@ -100,8 +102,8 @@ class OccurrencePenalty(LogitsProcessor):
     """
 
     def __init__(self, presence_penalty=0.0, frequency_penalty=0.0):
-        _check_number("presence_penalty", presence_penalty, -2.0, 2.0)
-        _check_number("frequency_penalty", frequency_penalty, -2.0, 2.0)
+        check_number("presence_penalty", presence_penalty, -2.0, 2.0, low_inclusive=True)
+        check_number("frequency_penalty", frequency_penalty, -2.0, 2.0, low_inclusive=True)
         self.presence_penalty = float(presence_penalty)
         self.frequency_penalty = float(frequency_penalty)
 
@@ -125,7 +127,7 @@ class MinP(LogitsProcessor):
     """
 
     def __init__(self, min_p):
-        _check_number("min_p", min_p, 0.0, 1.0)
+        check_number("min_p", min_p, 0.0, 1.0, low_inclusive=True)
         self.min_p = float(min_p)
 
     def __call__(self, logits, token_ids, index, prompt_mask):
@@ -146,13 +148,3 @@ def chain(processors, prompt_mask):
         return logits
 
     return apply
-
-
-def _check_number(name, value, minimum=None, maximum=None, inclusive=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
-    too_low = minimum is not None and (value < minimum if inclusive else value <= minimum)
-    too_high = maximum is not None and value > maximum
-    if too_low or too_high:
-        bounds = f"{'[' if inclusive else '('}{minimum}, {maximum if maximum is not None else 'inf'}]"
-        raise ValueError(f"`{name}` must be in {bounds}. Received: {name}={value!r}")
