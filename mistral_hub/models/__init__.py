@@ -4,7 +4,9 @@ from mistral_hub.models.causal_lm_preprocessor import CausalLMPreprocessor
 from mistral_hub.models.mistral import MistralBackbone
 from mistral_hub.models.mistral import MistralCausalLM
 from mistral_hub.models.mistral import MistralCausalLMPreprocessor
+from mistral_hub.models.mistral.mistral_hf_tokenizer import MistralHFTokenizer
 from mistral_hub.models.mistral import MistralTekkenTokenizer
 from mistral_hub.models.mistral import MistralTokenizer
 from mistral_hub.models.preprocessor import Preprocessor
 from mistral_hub.models.task import Task
+from mistral_hub.tokenizers.tokenizer import Tokenizer

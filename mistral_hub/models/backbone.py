@@ -1,6 +1,11 @@
+import os
+import tempfile
+
 import keras
+import numpy as np
 
 from mistral_hub.models.functional_model import FunctionalModel
+from mistral_hub.utils import dtype_utils
 from mistral_hub.utils import preset_utils
 
 
@@ -20,6 +25,7 @@ class Backbone(FunctionalModel):
         self._initialized = True
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
+        _match_int4_reverse_embedding_inputs(self)
 
     @property
     def token_embedding(self):
@@ -31,19 +37,35 @@ class Backbone(FunctionalModel):
         self._token_embedding = value
 
     def get_config(self):
-        dtype = self.dtype_policy
-        if not isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
-            quantized = keras.dtype_policies.DTypePolicyMap()
-            for layer in self._flatten_layers():
-                if layer.quantization_mode is not None:
-                    quantized[layer.path] = layer.dtype_policy
-            if len(quantized) > 0:
-                dtype = quantized
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(dtype),
+            "dtype": keras.dtype_policies.serialize(self._dtype_policy_to_save()),
         }
+
+    def _dtype_policy_to_save(self):
+        """The backbone's policy, as a `DTypePolicyMap` once quantized.
+
+        The map's default is the backbone's own (float) policy, never left
+        unset: Keras would then fill it from the global policy when loading
+        (float32 by default), changing the non-quantized layers' dtypes, and
+        its `get_config` would also erase the source dtype of the live
+        quantized layers' policies. The map holds copies of those policies
+        for the same reason.
+        """
+        default = dtype_utils.layer_policy(self)
+        quantized = {}
+        for layer in self._flatten_layers(include_self=False):
+            policy = dtype_utils.layer_policy(layer)
+            if policy.quantization_mode is not None:
+                quantized[layer.path] = keras.dtype_policies.deserialize(
+                    keras.dtype_policies.serialize(policy)
+                )
+        if not quantized:
+            return default
+        return keras.dtype_policies.DTypePolicyMap(
+            default_policy=default.name, policy_map=quantized
+        )
 
     @classmethod
     def from_config(cls, config):
@@ -60,7 +82,7 @@ class Backbone(FunctionalModel):
         return preset_utils.builtin_presets(cls)
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
+    def from_preset(cls, preset, load_weights=True, strict=True, **kwargs):
         """Builds a backbone from a preset.
 
         `preset` is a built-in name (see `presets`), a
@@ -73,8 +95,19 @@ class Backbone(FunctionalModel):
         Args:
             preset: str or path. The preset.
             load_weights: bool. If False, weights are randomly initialized.
+            strict: bool. If True (default), the weights must match the
+                model built from the config exactly: every weight present
+                with its shape and a float dtype, nothing left over, else a
+                `ValueError` lists the differences and nothing loads. If
+                False, the matching weights load, a warning lists the
+                others, and those keep their random initial values.
             **kwargs: config overrides, e.g. `dtype="bfloat16"`. Without
-                `dtype`, the saved (or checkpoint) dtype is kept.
+                `dtype`, a global policy set with
+                `keras.config.set_dtype_policy()` (other than the default
+                `"float32"`) is used, else the saved (or checkpoint) dtype
+                is kept, e.g. bfloat16 for inference; `fit()` then trains
+                in `"mixed_bfloat16"` (see `CausalLM.compile`). An unknown
+                name is a `TypeError`.
 
         Example:
         >>> import tempfile
@@ -87,7 +120,7 @@ class Backbone(FunctionalModel):
         >>> Backbone.from_preset(preset, dtype="bfloat16").dtype_policy.name
         'bfloat16'
         """
-        return preset_utils.backbone_from_preset(cls, preset, load_weights, **kwargs)
+        return preset_utils.backbone_from_preset(cls, preset, load_weights, strict, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10, overwrite=False):
         """Saves `config.json`, `metadata.json` and the weights atomically.
@@ -133,8 +166,357 @@ class Backbone(FunctionalModel):
                 layer.trainable = True
                 layer.enable_lora(rank)
                 found = True
+                if layer.quantization_mode is not None:
+                    # Keras' quantized call multiplies the 16-bit inputs by
+                    # the float32 adapters without a cast, which torch
+                    # refuses; under the mixed policy (float32 variables,
+                    # 16-bit compute) the adapters are read in 16 bits.
+                    policy = dtype_utils.mixed_policy(dtype_utils.layer_policy(layer))
+                    if policy is not None:
+                        layer.dtype_policy = policy
         if not found:
             raise ValueError(
                 "No layer matched `target_layer_names`="
                 f"{target_layer_names}; nothing to adapt."
             )
+
+    def merge_lora(self):
+        """Folds the LoRA adapters into the weights and removes them.
+
+        Each adapted kernel (or embedding matrix) `W` becomes
+        `W + (lora_alpha / rank) * lora_kernel_a @ lora_kernel_b`, the same
+        sum Keras computes in the layer's forward pass (in float32, then
+        cast to the weight's dtype), and the adapter variables are deleted.
+        The backbone is then a plain model again: `save_to_preset` and
+        `export_to_transformers` write plain weights, inference skips the
+        adapter matmuls, and `enable_lora` can add new adapters. int8 and
+        int4 weights are dequantized, merged and requantized, as Keras does
+        when it saves a quantized layer with adapters, so the merged model
+        matches the adapted one within quantization error only.
+
+        Afterwards every weight is trainable again, as in a freshly built
+        backbone; compile a task again before training it further.
+
+        Raises:
+            ValueError: if no layer has LoRA adapters, or one is quantized
+                in a mode Keras cannot merge into (nothing is changed then).
+
+        Example:
+        >>> import numpy as np
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=1,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> backbone.enable_lora(rank=2)
+        >>> for variable in backbone.trainable_weights:
+        ...     _ = variable.assign(np.full(variable.shape, 0.1, "float32"))
+        >>> inputs = {"token_ids": np.array([[1, 2, 3]]),
+        ...     "padding_mask": np.array([[1, 1, 1]])}
+        >>> adapted = backbone(inputs)
+        >>> backbone.merge_lora()
+        >>> [w.path for w in backbone.weights if "lora" in w.path]
+        []
+        >>> bool(np.allclose(backbone(inputs), adapted, atol=1e-6))
+        True
+        """
+        adapted = [
+            layer
+            for layer in self._flatten_layers(include_self=False)
+            if getattr(layer, "lora_enabled", False)
+        ]
+        if not adapted:
+            raise ValueError(
+                "This backbone has no LoRA adapters to merge. Call "
+                "`enable_lora(rank)` (and train) first."
+            )
+        # Every merged value is computed before any variable changes, so an
+        # unsupported layer leaves the model untouched.
+        updates = [(layer, _merged_lora_values(layer)) for layer in adapted]
+        for layer, values in updates:
+            for variable, value in values:
+                variable.assign(value)
+            for name in _lora_variable_names(layer):
+                # Keras' `__delattr__` would also run `gc.collect()`, about a
+                # second each time in a big process; refcounting frees them.
+                layer._untrack_variable(getattr(layer, name))
+                super(keras.layers.Layer, layer).__delattr__(name)
+            layer.lora_enabled = False
+            layer.lora_rank = None
+            layer.lora_alpha = None
+        # On TensorFlow, assigning a layer the `trainable` value it already
+        # has is skipped (also for sublayers), so the frozen leaves and
+        # kernels would stay frozen: switch everything off, then on.
+        self.trainable = False
+        self.trainable = True
+
+    def save_lora_weights(self, filepath):
+        """Saves the LoRA adapters in keras_hub's `.lora.h5` format.
+
+        The file holds `lora/vars/rank` and, for every adapted layer,
+        `lora/<index>/vars/lora_kernel_a` and `lora_kernel_b`, where
+        `<index>` counts the backbone's sublayers that have weights in
+        flattening order. keras_hub's `load_lora_weights` reads it, and
+        `load_lora_weights` here reads keras_hub's files. The file is
+        written next to `filepath` and moved into place, so a failed save
+        never leaves a partial file.
+
+        Args:
+            filepath: str or path ending in `.lora.h5`.
+
+        Raises:
+            ValueError: if `filepath` does not end in `.lora.h5`, if no
+                layer has LoRA enabled, or if the adapters differ in rank.
+
+        Example:
+        >>> import tempfile
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=1,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> backbone.enable_lora(rank=2)
+        >>> path = tempfile.mkdtemp() + "/adapters.lora.h5"
+        >>> backbone.save_lora_weights(path)
+        >>> fresh = MistralBackbone.from_config(backbone.get_config())
+        >>> fresh.load_lora_weights(path)
+        >>> sum(layer.lora_enabled for layer in fresh._flatten_layers()
+        ...     if hasattr(layer, "lora_enabled"))
+        2
+        """
+        filepath = os.fspath(filepath)
+        if not filepath.endswith(LORA_WEIGHTS_SUFFIX):
+            raise ValueError(
+                f"The filename must end in `{LORA_WEIGHTS_SUFFIX}`. "
+                f"Received: filepath={filepath}"
+            )
+        adapted = {
+            index: layer
+            for index, layer in enumerate(_layers_with_weights(self))
+            if getattr(layer, "lora_enabled", False)
+        }
+        if not adapted:
+            raise ValueError(
+                "There are no LoRA-enabled layers in this model. Call "
+                "`enable_lora(rank)` first."
+            )
+        for layer in adapted.values():
+            if not hasattr(layer, "lora_kernel_a"):
+                raise ValueError(
+                    "keras_hub's LoRA file format holds adapters of dense "
+                    f"kernels only; layer `{layer.path}` "
+                    f"({type(layer).__name__}) has another kind of adapter."
+                )
+        ranks = {layer.lora_rank for layer in adapted.values()}
+        if len(ranks) != 1:
+            raise ValueError(
+                "All LoRA adapters must have the same rank to be saved in one "
+                f"file. Received ranks: {sorted(ranks)}"
+            )
+        import h5py
+
+        directory = os.path.dirname(os.path.abspath(filepath))
+        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=LORA_WEIGHTS_SUFFIX)
+        os.close(fd)
+        try:
+            with h5py.File(tmp_path, "w") as f:
+                f.create_group("lora/vars")["rank"] = ranks.pop()
+                for index, layer in adapted.items():
+                    group = f.create_group(f"lora/{index}/vars")
+                    for name in _LORA_KERNELS:
+                        group[name] = keras.ops.convert_to_numpy(getattr(layer, name))
+            os.replace(tmp_path, filepath)
+        except BaseException:
+            os.remove(tmp_path)
+            raise
+
+    def load_lora_weights(self, filepath):
+        """Loads LoRA adapters saved by `save_lora_weights` (or keras_hub's).
+
+        Without LoRA enabled, it is enabled first with the file's rank on
+        the layers the file adapts. Everything is checked before any
+        variable changes, so a mismatching file leaves the model as it was.
+
+        Args:
+            filepath: str or path of a `.lora.h5` file.
+
+        Raises:
+            ValueError: if the file is not a LoRA weights file, if its rank
+                differs from the rank of the enabled adapters, or if it
+                adapts other layers or shapes than this backbone.
+        """
+        import h5py
+
+        filepath = os.fspath(filepath)
+        if not os.path.isfile(filepath):
+            raise FileNotFoundError(f"LoRA weights file '{filepath}' does not exist.")
+        try:
+            f = h5py.File(filepath, "r")
+        except OSError as e:
+            raise ValueError(
+                f"'{filepath}' is not a LoRA weights file (not HDF5: {e})."
+            ) from None
+        with f:
+            rank, kernels = _read_lora_file(f, filepath)
+        layers = _layers_with_weights(self)
+        adapted = {
+            index for index, layer in enumerate(layers) if getattr(layer, "lora_enabled", False)
+        }
+        if adapted:
+            enabled_rank = {layers[i].lora_rank for i in adapted}
+            if enabled_rank != {rank}:
+                raise ValueError(
+                    f"The LoRA rank of file '{filepath}' is rank={rank}, but "
+                    f"the model's adapters have rank={sorted(enabled_rank)[0]} "
+                    "(from `enable_lora`). Both ranks must match."
+                )
+            targets = adapted
+        else:
+            # Enable LoRA on the layers the file adapts, chosen by name as
+            # `enable_lora` does, and check that this gives the same layers.
+            names = {layers[i].name for i in kernels if i < len(layers)}
+            targets = {
+                i
+                for i, layer in enumerate(layers)
+                if layer.name in names
+                and hasattr(layer, "enable_lora")
+                and hasattr(layer, "kernel")
+            }
+        if targets != set(kernels):
+            raise ValueError(
+                f"File '{filepath}' holds LoRA weights for the layers "
+                f"{_describe_layers(layers, kernels)}, but this model adapts "
+                f"{_describe_layers(layers, targets)}."
+            )
+        for index, values in kernels.items():
+            layer = layers[index]
+            expected = _lora_shapes(layer, rank)
+            received = tuple(tuple(v.shape) for v in values)
+            if received != expected:
+                raise ValueError(
+                    f"File '{filepath}' holds LoRA kernels of shapes {received} "
+                    f"for layer `{layer.path}`, which needs shapes {expected}."
+                )
+        if not adapted:
+            self.enable_lora(rank, target_layer_names=sorted(names))
+        for index, values in kernels.items():
+            for name, value in zip(_LORA_KERNELS, values):
+                getattr(layers[index], name).assign(value)
+
+
+LORA_WEIGHTS_SUFFIX = ".lora.h5"
+_LORA_KERNELS = ("lora_kernel_a", "lora_kernel_b")
+
+
+def _layers_with_weights(model):
+    # keras_hub numbers adapted layers by their position in this list (layer
+    # names repeat across blocks); files are interchangeable because the
+    # layer structure is the same.
+    return [layer for layer in model._flatten_layers(include_self=False) if layer.weights]
+
+
+def _describe_layers(layers, indices):
+    return [
+        f"{i}: {layers[i].path}" if i < len(layers) else f"{i}: (no such layer)"
+        for i in sorted(indices)
+    ]
+
+
+def _lora_shapes(layer, rank):
+    if getattr(layer, "lora_enabled", False):
+        return tuple(tuple(getattr(layer, name).shape) for name in _LORA_KERNELS)
+    # What `EinsumDense.enable_lora` would create: `a` maps the kernel's
+    # input dims to the rank, `b` the rank to its output dims.
+    shape = tuple(getattr(layer, "original_kernel_shape", None) or layer.kernel.shape)
+    return (shape[:-1] + (rank,), (rank, shape[-1]))
+
+
+def _read_array(dataset):
+    value = dataset[()]
+    # Keras before 3.15 made adapters in the layer's dtype; h5py has no
+    # bfloat16, so Keras stores raw 16-bit values and marks the dataset.
+    if dataset.attrs.get("dtype") == "bfloat16":
+        import ml_dtypes
+
+        value = np.asarray(value).view(ml_dtypes.bfloat16)
+    return np.asarray(value)
+
+
+def _read_lora_file(f, filepath):
+    """Returns `(rank, {layer index: (lora_kernel_a, lora_kernel_b)})`."""
+    import h5py
+
+    def dataset(path):
+        item = f.get(path)
+        return item if isinstance(item, h5py.Dataset) else None
+
+    rank = dataset("lora/vars/rank")
+    if rank is None:
+        raise ValueError(
+            f"'{filepath}' is not a LoRA weights file: it has no `lora/vars/rank` "
+            "(files are written by `save_lora_weights`)."
+        )
+    rank = int(rank[()])
+    kernels = {}
+    for key in f["lora"]:
+        if key == "vars":
+            continue
+        values = [dataset(f"lora/{key}/vars/{name}") for name in _LORA_KERNELS]
+        if not key.isdigit() or any(v is None for v in values):
+            raise ValueError(
+                f"'{filepath}' is not a valid LoRA weights file: unexpected "
+                f"entry `lora/{key}`."
+            )
+        kernels[int(key)] = tuple(_read_array(v) for v in values)
+    if not kernels:
+        raise ValueError(f"'{filepath}' holds no LoRA weights.")
+    return rank, kernels
+
+
+def _match_int4_reverse_embedding_inputs(model):
+    """Builds int4 reverse embeddings as `quantize("int4")` leaves them.
+
+    `quantize("int4")` uses `Int4QuantizationConfig`, whose default is
+    weight-only (no input quantizer), but a `ReversibleEmbedding` built from
+    an int4 policy without a config (a saved model being loaded) quantizes
+    the inputs of its reverse projection, so reloaded logits would differ.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if (
+            isinstance(layer, keras.layers.ReversibleEmbedding)
+            and layer.quantization_mode == "int4"
+            and getattr(layer, "quantization_config", None) is None
+        ):
+            layer.inputs_quantizer = None
+
+
+def _lora_variable_names(layer):
+    weight = _adapted_weight(layer)
+    return (f"lora_{weight}_a", f"lora_{weight}_b")
+
+
+def _adapted_weight(layer):
+    # Dense and EinsumDense adapt `kernel`; Embedding adapts `embeddings`.
+    return "kernel" if hasattr(layer, "lora_kernel_a") else "embeddings"
+
+
+def _merged_lora_values(layer):
+    """`[(variable, merged value)]` for one adapted layer."""
+    lora_a, lora_b = (getattr(layer, name) for name in _lora_variable_names(layer))
+    kernel = _adapted_weight(layer)
+    mode = layer.quantization_mode
+    if mode is None:
+        base = getattr(layer, f"_{kernel}")
+        update = (layer.lora_alpha / layer.lora_rank) * keras.ops.matmul(lora_a, lora_b)
+        merged = keras.ops.add(keras.ops.cast(base, "float32"), update)
+        return [(base, keras.ops.cast(merged, base.dtype))]
+    if mode in ("int8", "int4"):
+        # Keras' own dequantize-merge-requantize, the one `save_own_variables`
+        # writes for a quantized layer with adapters.
+        value, scale, zero = getattr(layer, f"_get_{kernel}_with_merged_lora")()
+        values = [(getattr(layer, f"_{kernel}"), value), (getattr(layer, f"{kernel}_scale"), scale)]
+        if zero is not None:
+            values.append((getattr(layer, f"{kernel}_zero"), zero))
+        return values
+    raise ValueError(
+        f"Cannot merge the LoRA adapters of layer `{layer.path}`: Keras merges "
+        f"adapters into float, int8 and int4 weights, not {mode!r} ones."
+    )

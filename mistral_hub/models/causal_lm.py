@@ -13,6 +13,7 @@ from mistral_hub.models.task import _is_tf_dataset
 from mistral_hub.samplers import logits_processors
 from mistral_hub.samplers.stop_strings import StopStringMatcher
 from mistral_hub.samplers.stop_strings import cut_at_stop_strings
+from mistral_hub.utils import dtype_utils
 
 # Prefill lengths are rounded up to a multiple of this, so JAX and
 # TensorFlow compile one prefill per bucket instead of one per prompt length.
@@ -49,6 +50,17 @@ class CausalLM(Task):
                 `generate()` (default `"top_k"`); `generate(sampler=...)`
                 overrides it per call without recompiling.
             **kwargs: passed to `keras.Model.compile`.
+
+        Training a 16-bit model (a preset loaded in its saved bfloat16
+        dtype): Keras optimizers compute updates in each variable's dtype,
+        where Adam's update is exactly zero (`beta_2=0.999` rounds to 1 in
+        bfloat16). So the first `fit()` or `train_on_batch()` moves the
+        trainable 16-bit variables to float32 storage with 16-bit compute
+        (the `"mixed_bfloat16"` policy), warns once and retraces the
+        compiled functions. Compiling alone, and `generate()`, keep the
+        loaded dtype and its memory saving. Load with `dtype="mixed_bfloat16"` (or set that global
+        policy) to train without the conversion; LoRA adapters are float32
+        already, so `backbone.enable_lora()` trains a 16-bit backbone as is.
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(2e-5)
@@ -65,6 +77,69 @@ class CausalLM(Task):
             **kwargs,
         )
         self.sampler = samplers.get(sampler)
+        self.generate_function = None
+        self.__dict__["_generate_functions"] = {}
+        self.__dict__["_auto_scale_loss"] = kwargs.get("auto_scale_loss", True)
+
+    def get_quantization_layer_structure(self, mode):
+        """The layer structure Keras' GPTQ and AWQ quantizers walk.
+
+        `quantize("gptq", config=keras.quantizers.GPTQConfig(...))` (or
+        `"awq"`) calls this to find the layers that turn token ids into
+        hidden states and the transformer blocks to quantize one after the
+        other.
+
+        Args:
+            mode: str. The quantization mode.
+
+        Returns:
+            For `"gptq"` and `"awq"`, a dict with `"pre_block_layers"` (the
+            token embedding) and `"sequential_blocks"` (the transformer
+            layers); None for other modes, which need no structure.
+
+        Example:
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=2,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> structure = MistralCausalLM(backbone).get_quantization_layer_structure("gptq")
+        >>> len(structure["sequential_blocks"])
+        2
+        """
+        if mode not in ("gptq", "awq"):
+            return None
+        return {
+            "pre_block_layers": [self.backbone.token_embedding],
+            "sequential_blocks": list(self.backbone.transformer_layers),
+        }
+
+    def fit(self, *args, **kwargs):
+        self._prepare_training()
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._prepare_training()
+        return super().train_on_batch(*args, **kwargs)
+
+    def _prepare_training(self):
+        """Gives 16-bit trainable variables float32 storage (see `compile`)."""
+        if not self.compiled or self.optimizer is None:
+            return
+        if not dtype_utils.promote_for_training(self, self.optimizer, stacklevel=3):
+            return
+        if (
+            self.__dict__.get("_auto_scale_loss", True)
+            and self.dtype_policy.name == "mixed_float16"
+            and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        ):
+            # What `compile()` does for a model that was mixed_float16 then.
+            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+        # Traced functions hold the 16-bit variables (TensorFlow) or were
+        # traced for their dtypes.
+        self.train_function = None
+        self.test_function = None
+        self.predict_function = None
         self.generate_function = None
         self.__dict__["_generate_functions"] = {}
 
@@ -112,6 +187,7 @@ class CausalLM(Task):
                 stream_callback=self._stream_tokens if options.stream else None,
                 logits_processors=options.logits_processors,
                 stop_condition=options.stop_condition,
+                left_padded=options.left_padded,
             )
 
         backend = keras.config.backend()
@@ -139,7 +215,12 @@ class CausalLM(Task):
         if backend == "tensorflow" and not self.run_eagerly:
             import tensorflow as tf
 
-            return tf.function(step)
+            # XLA as in keras_hub: Keras resolves `jit_compile` to True with
+            # a GPU and to False on CPU-only machines, where TensorFlow's
+            # own kernels decode faster than its XLA ones. The streaming
+            # callback (`tf.py_function`) cannot be compiled.
+            jit_compile = bool(self.jit_compile) and not options.stream
+            return tf.function(step, jit_compile=jit_compile)
         if backend == "torch":
             import torch
 
@@ -178,10 +259,12 @@ class CausalLM(Task):
         """Generates text (or token ids) from prompts.
 
         Args:
-            inputs: a str, a list of str, a string array, or a
-                `tf.data.Dataset` of them (generated batch by batch). Without
-                a preprocessor: a dict of `(batch, length)` `token_ids` and
-                `padding_mask`, right padded to the total length.
+            inputs: a str, a list of str, a string array, or a batched
+                `tf.data.Dataset` of them (generated batch by batch, as in
+                keras_hub; an unbatched one raises). Without a preprocessor:
+                a dict of `(batch, length)` `token_ids` and `padding_mask`,
+                right padded to the total length, or a batched dataset of
+                such dicts.
             max_length: int. Total length of prompt plus completion.
                 Defaults to the preprocessor's `sequence_length`; ignored
                 without a preprocessor (the inputs' length is used).
@@ -295,6 +378,7 @@ class CausalLM(Task):
             )
 
         if _is_tf_dataset(inputs):
+            _check_dataset_is_batched(inputs)
             outputs = [generate_batch(batch) for batch in inputs.as_numpy_iterator()]
             if outputs and isinstance(outputs[0], dict):
                 return {
@@ -395,17 +479,37 @@ class CausalLM(Task):
                 f"A prompt of {prompt_lengths.max()} tokens leaves no room to "
                 f"generate within a total length of {token_ids.shape[1]}."
             )
+        # With a budget of new tokens per row, prompts of different lengths
+        # are right-aligned (left-padded) so that every row decodes from its
+        # first new token; right-padded rows would start at the shortest
+        # prompt and step through the rest of theirs one token at a time.
+        # Streaming, logits processors, stop strings and contrastive search
+        # read the token layout, so they keep the right-padded one.
+        left_padded = (
+            max_new_tokens is not None
+            and prompt_lengths.min() != prompt_lengths.max()
+            and streamer is None
+            and not processors
+            and stop_matcher is None
+            and not isinstance(sampler, samplers.ContrastiveSampler)
+        )
+        right_width = token_ids.shape[1]
+        if left_padded:
+            prefill_length = _round_up(int(prompt_lengths.max()), _PREFILL_BUCKET)
+            token_ids, padding_mask = _align_prompts_right(
+                token_ids, prompt_lengths, prefill_length, max_new_tokens
+            )
+        else:
+            prefill_length = min(
+                right_width, _round_up(int(prompt_lengths.min()), _PREFILL_BUCKET)
+            )
         options = _DecodeOptions(
             stop_token_ids=stop_token_ids,
-            prefill_length=int(
-                min(
-                    token_ids.shape[1],
-                    -(-int(prompt_lengths.min()) // _PREFILL_BUCKET) * _PREFILL_BUCKET,
-                )
-            ),
+            prefill_length=prefill_length,
             stream=streamer is not None,
             logits_processors=processors,
             stop_condition=stop_matcher,
+            left_padded=left_padded,
         )
         generate_function = self.make_generate_function(
             None if sampler is self.sampler else sampler, options
@@ -441,13 +545,17 @@ class CausalLM(Task):
         if text_streamer is not None:
             text_streamer.finish(token_ids)
         output_mask = np.asarray(ops.convert_to_numpy(outputs["padding_mask"])).astype(bool)
+        if left_padded:
+            token_ids, output_mask = _align_prompts_left(
+                token_ids, output_mask, prompt_lengths, prefill_length, right_width
+            )
         if max_new_tokens is not None:
             positions = np.arange(token_ids.shape[1])[None, :]
             output_mask &= positions < (prompt_lengths + max_new_tokens)[:, None]
         if strip_prompt:
             token_ids, output_mask = _strip_prompt(token_ids, output_mask, prompt_lengths)
 
-        if self.preprocessor is None:
+        if self.preprocessor is None or getattr(inputs, "return_token_ids", False):
             return {"token_ids": token_ids, "padding_mask": output_mask}
         if stop_matcher is not None:
             texts = self._texts_cut_at_stop_strings(
@@ -534,23 +642,39 @@ class CausalLM(Task):
         if failure:
             raise failure[0]
 
-    def chat(self, messages, **kwargs):
+    def chat(self, messages, tools=None, **kwargs):
         """Answers a conversation with an instruct model; returns the reply.
 
         The conversation is encoded with the tokenizer's chat template
         (`apply_chat_template`: Mistral's v1, v3, v7 or Tekken convention,
         control tokens included), then generated from and stripped.
 
+        With `tools`, the model may answer with tool calls instead of text:
+        the reply is then an OpenAI-style assistant message to append to
+        the conversation, followed by one `{"role": "tool", "tool_call_id":
+        ..., "content": ...}` message per call with its result.
+
         Args:
-            messages: a list of `{"role": "system" | "user" | "assistant",
-                "content": str}` messages ending with a user turn, or a list
-                of such conversations.
+            messages: a list of OpenAI-style messages (`{"role": "system" |
+                "user" | "assistant", "content": str}`, plus assistant
+                `tool_calls` and `"tool"` results with `tools`) ending with a
+                user (or tool) message, or a list of such conversations.
+            tools: None or a list of OpenAI-style tool definitions
+                (`{"type": "function", "function": {"name", "description",
+                "parameters"}}`) the model may call.
             **kwargs: any `generate()` argument (`max_new_tokens`,
                 `sampler`, `stop_strings`, ...), except `strip_prompt`.
 
         Returns:
-            The assistant's reply, or a list of replies for a list of
-            conversations.
+            Without `tools`: the assistant's reply (a str). With `tools`:
+            `{"role": "assistant", "content": str or None, "tool_calls":
+            list or None}`, each call `{"id", "type": "function",
+            "function": {"name", "arguments": <JSON str>}}`. A list of
+            replies for a list of conversations.
+
+        Raises:
+            ValueError: for a malformed conversation or tool list, and when
+                the model's tool calls are not valid JSON.
         """
         if self.preprocessor is None or not hasattr(
             self.preprocessor.tokenizer, "apply_chat_template"
@@ -563,10 +687,39 @@ class CausalLM(Task):
         if not conversations:
             raise ValueError("`messages` must be a non-empty conversation.")
         tokenizer = self.preprocessor.tokenizer
-        prompts = [tokenizer.apply_chat_template(c) for c in conversations]
-        return self.generate(
-            _TokenizedPrompts(prompts, unbatched), strip_prompt=True, **kwargs
+        if tools is None:
+            prompts = [tokenizer.apply_chat_template(c) for c in conversations]
+            return self.generate(
+                _TokenizedPrompts(prompts, unbatched), strip_prompt=True, **kwargs
+            )
+        if not hasattr(tokenizer, "parse_reply"):
+            raise ValueError(
+                f"`tools` needs a tokenizer that reads tool calls; "
+                f"{type(tokenizer).__name__} has no `parse_reply()`."
+            )
+        prompts = [tokenizer.apply_chat_template(c, tools=tools) for c in conversations]
+        # Tool calls start with a control token, which decoding to text
+        # drops: read the reply from its ids.
+        outputs = self.generate(
+            _TokenizedPrompts(prompts, unbatched, return_token_ids=True),
+            strip_prompt=True,
+            **kwargs,
         )
+        stop_strings = kwargs.get("stop_strings")
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        replies = []
+        for ids, mask in zip(outputs["token_ids"], outputs["padding_mask"]):
+            reply = tokenizer.parse_reply(ids[mask])
+            if stop_strings and reply["content"] is not None:
+                reply["content"] = cut_at_stop_strings(
+                    reply["content"], stop_strings, kwargs.get("keep_stop_strings", False)
+                )
+            replies.append(reply)
+        per_prompt = kwargs.get("num_return_sequences", 1)
+        if per_prompt > 1:
+            replies = [replies[i : i + per_prompt] for i in range(0, len(replies), per_prompt)]
+        return replies[0] if unbatched else replies
 
     def _tokenize_prompts(self, texts):
         if not isinstance(texts, list) or not texts:
@@ -585,15 +738,32 @@ class CausalLM(Task):
         return [start + list(ids) for ids in tokenizer.tokenize(texts)]
 
 
-class _TokenizedPrompts(collections.namedtuple("_TokenizedPrompts", ["token_ids", "unbatched"])):
-    """Prompts already turned into ids (with the start token), e.g. by a chat template."""
+class _TokenizedPrompts(
+    collections.namedtuple(
+        "_TokenizedPrompts", ["token_ids", "unbatched", "return_token_ids"], defaults=[False]
+    )
+):
+    """Prompts already turned into ids (with the start token), e.g. by a chat template.
+
+    With `return_token_ids`, `generate()` returns the `token_ids` and
+    `padding_mask` it generated instead of text (as without a
+    preprocessor), so that callers can read control tokens such as
+    `[TOOL_CALLS]`, count tokens or score them.
+    """
 
 
 class _DecodeOptions(
     collections.namedtuple(
         "_DecodeOptions",
-        ["stop_token_ids", "prefill_length", "stream", "logits_processors", "stop_condition"],
-        defaults=[None, None, False, (), None],
+        [
+            "stop_token_ids",
+            "prefill_length",
+            "stream",
+            "logits_processors",
+            "stop_condition",
+            "left_padded",
+        ],
+        defaults=[None, None, False, (), None, False],
     )
 ):
     """Static settings of one compiled decode loop (part of its cache key)."""
@@ -658,6 +828,27 @@ def _check_optional_length(name, value, minimum=2):
 
 
 
+def _check_dataset_is_batched(dataset):
+    """Raises unless each element of `dataset` is a batch of prompts.
+
+    Datasets are generated batch by batch, as in keras_hub (which fails on
+    unbatched ones); a scalar string would otherwise be read as a batch of
+    characters.
+    """
+    spec = dataset.element_spec
+    batched_rank = 1
+    if isinstance(spec, dict) and "token_ids" in spec:
+        spec, batched_rank = spec["token_ids"], 2
+    rank = getattr(getattr(spec, "shape", None), "rank", None)
+    if rank is not None and rank < batched_rank:
+        raise ValueError(
+            "`inputs` must be a batched tf.data.Dataset: `generate()` runs one "
+            "batch per element, as keras_hub does. Received a dataset whose "
+            f"elements are single prompts ({dataset.element_spec}). Batch it "
+            "first, e.g. `dataset.batch(8)`."
+        )
+
+
 def _unpack_token_inputs(inputs):
     if not isinstance(inputs, dict) or not {"token_ids", "padding_mask"} <= set(inputs):
         raise ValueError(
@@ -685,6 +876,37 @@ def _resize(token_ids, padding_mask, length):
         np.pad(token_ids, ((0, 0), (0, pad))),
         np.pad(padding_mask, ((0, 0), (0, pad))),
     )
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+def _align_prompts_right(token_ids, prompt_lengths, prompt_end, new_tokens):
+    """Left-pads right-padded prompts so that all of them end at `prompt_end`.
+
+    Returns `(token_ids, padding_mask)` of width `prompt_end + new_tokens`.
+    """
+    batch_size = token_ids.shape[0]
+    aligned_ids = np.zeros((batch_size, prompt_end + new_tokens), token_ids.dtype)
+    aligned_mask = np.zeros(aligned_ids.shape, bool)
+    for row, length in enumerate(prompt_lengths):
+        aligned_ids[row, prompt_end - length : prompt_end] = token_ids[row, :length]
+        aligned_mask[row, prompt_end - length : prompt_end] = True
+    return aligned_ids, aligned_mask
+
+
+def _align_prompts_left(token_ids, output_mask, prompt_lengths, prompt_end, width):
+    """Inverse of `_align_prompts_right`: each row back to column 0, `width` wide."""
+    batch_size, aligned_width = token_ids.shape
+    left_ids = np.zeros((batch_size, width), token_ids.dtype)
+    left_mask = np.zeros((batch_size, width), bool)
+    for row, length in enumerate(prompt_lengths):
+        start = prompt_end - length
+        kept = min(aligned_width - start, width)
+        left_ids[row, :kept] = token_ids[row, start : start + kept]
+        left_mask[row, :kept] = output_mask[row, start : start + kept]
+    return left_ids, left_mask
 
 
 def _strip_prompt(token_ids, output_mask, prompt_lengths):

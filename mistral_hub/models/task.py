@@ -77,7 +77,7 @@ class Task(FunctionalModel):
         return preset_utils.builtin_presets(cls)
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
+    def from_preset(cls, preset, load_weights=True, strict=True, **kwargs):
         """Builds the task (backbone and preprocessor) from a preset.
 
         See `Backbone.from_preset` for the accepted presets. Called on a
@@ -88,11 +88,17 @@ class Task(FunctionalModel):
         Args:
             preset: str or path. The preset.
             load_weights: bool. If False, weights are randomly initialized.
+            strict: bool. If True (default), the weights must match the
+                backbone exactly and the stop ids of the preset must be
+                valid, else a `ValueError` says what differs (see
+                `Backbone.from_preset`). If False, what matches loads and a
+                warning lists the rest.
             **kwargs: overrides routed by name: backbone config values and
                 `dtype` to the backbone, `sequence_length` and other
                 preprocessor arguments to the preprocessor, tokenizer
-                arguments to the tokenizer, the rest (`compile`, `name`,
-                `backbone=`, `preprocessor=`) to the task.
+                arguments to the tokenizer, `compile`, `name`, `backbone=`
+                and `preprocessor=` to the task. Any other name is a
+                `TypeError`.
 
         Example:
         >>> import tempfile
@@ -107,7 +113,7 @@ class Task(FunctionalModel):
         >>> type(CausalLM.from_preset(preset)).__name__
         'MistralCausalLM'
         """
-        return preset_utils.task_from_preset(cls, preset, load_weights, **kwargs)
+        return preset_utils.task_from_preset(cls, preset, load_weights, strict, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10, overwrite=False):
         """Saves `task.json`, the backbone and the preprocessor atomically.
@@ -160,7 +166,11 @@ class Task(FunctionalModel):
         )
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
-        x, y, sample_weight = self._preprocess(x, y, sample_weight)
+        # `fit()` evaluates its validation data through this method with
+        # `_use_cached_eval_dataset=True`; that data was preprocessed by
+        # `fit()` already and Keras iterates its own cached copy of it.
+        if not kwargs.get("_use_cached_eval_dataset", False):
+            x, y, sample_weight = self._preprocess(x, y, sample_weight)
         return super().evaluate(
             x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
         )

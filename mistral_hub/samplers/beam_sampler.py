@@ -8,6 +8,7 @@ from mistral_hub.samplers.sampler import PAD_TOKEN_ID
 from mistral_hub.samplers.sampler import Sampler
 from mistral_hub.samplers.sampler import check_positive_int
 from mistral_hub.samplers.sampler import is_stop_token
+from mistral_hub.samplers.sampler import repeat_rows
 
 # Initial score of the placeholder beams: low enough never to beat a real
 # beam, finite so that adding log probabilities cannot produce NaN.
@@ -80,7 +81,7 @@ class BeamSampler(Sampler):
         batch_size, length = ops.shape(prompt)
 
         def expand(x):
-            return ops.repeat(x, num_beams, axis=0)
+            return repeat_rows(x, num_beams)
 
         # Beams of a row are contiguous: flat beam `b * num_beams + j`.
         prompt, mask = expand(prompt), expand(mask)

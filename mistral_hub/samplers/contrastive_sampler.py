@@ -7,6 +7,7 @@ from keras import tree
 from mistral_hub.samplers.sampler import Sampler
 from mistral_hub.samplers.sampler import check_number
 from mistral_hub.samplers.sampler import check_positive_int
+from mistral_hub.samplers.sampler import repeat_rows
 
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
@@ -92,7 +93,7 @@ class ContrastiveSampler(Sampler):
         logits, _, cache = next(prompt, cache, index)
 
         def expand(x):
-            return ops.repeat(x, k, axis=0)
+            return repeat_rows(x, k)
 
         def cond(prompt, cache, index, logits, hidden_states, done):
             return self.should_continue(index, length, done)

@@ -1,5 +1,6 @@
 """Base class of the autoregressive samplers."""
 
+import inspect
 import random
 
 import keras
@@ -52,9 +53,12 @@ class Sampler:
     and it never mutates a Keras variable. Randomness is stateless: a per-call
     `(2,)` seed is folded with the step index into a per-step seed.
 
-    To write a custom sampler, override `get_next_token(probabilities, seed)`.
-    Unlike keras_hub, it also receives the per-step `seed`; draw randomness
-    only through `mistral_hub.samplers.stateless_random` with that seed.
+    To write a custom sampler, override `get_next_token(probabilities, seed)`
+    and draw randomness only through `mistral_hub.samplers.stateless_random`
+    with the per-step `seed`. Samplers written for keras_hub work unchanged
+    once they subclass this class: a `get_next_token(probabilities)`
+    override is called without the seed, and the `keras.random.SeedGenerator`
+    attributes it draws from then follow the per-call seed too.
 
     Args:
         temperature: float > 0. Logits are divided by it before the softmax;
@@ -148,6 +152,7 @@ class Sampler:
         )
         seed = self.resolve_seed(seed)
         length = ops.shape(prompt)[1]
+        get_next_token = self._seeded_get_next_token()
 
         def cond(prompt, cache, index, done):
             return self.should_continue(index, length, done)
@@ -159,7 +164,7 @@ class Sampler:
             )
             probabilities = self.compute_probabilities(logits)
             step_seed = stateless_random.fold_in(seed, index)
-            token = self.get_next_token(probabilities, step_seed)
+            token = get_next_token(probabilities, step_seed)
             prompt, done = self.write_token(
                 prompt, index, token, mask, done, stop_token_ids, stop_condition
             )
@@ -189,6 +194,39 @@ class Sampler:
             A `(batch,)` int32 tensor of token ids.
         """
         raise NotImplementedError
+
+    def _seeded_get_next_token(self):
+        """Returns `get_next_token` as a function of `(probabilities, seed)`.
+
+        Overrides written for keras_hub take only `probabilities` and draw
+        from `keras.random.SeedGenerator` attributes. They are called without
+        the seed, and their generators read a state derived from the step
+        seed: a generator's own state cannot advance inside `jax.jit`, where
+        every step and call would repeat the same draws.
+        """
+        method = self.get_next_token
+        if _takes_two_arguments(method):
+            return method
+        generators = [
+            value
+            for value in vars(self).values()
+            if isinstance(value, keras.random.SeedGenerator)
+        ]
+
+        def get_next_token(probabilities, seed):
+            mapping = [
+                (
+                    generator.state,
+                    stateless_random.seed_generator_state(
+                        stateless_random.fold_in(seed, i), generator.state.dtype
+                    ),
+                )
+                for i, generator in enumerate(generators)
+            ]
+            with keras.StatelessScope(state_mapping=mapping):
+                return method(probabilities)
+
+        return get_next_token
 
     def prepare_loop_inputs(self, prompt, cache, index, mask):
         """Normalises the call arguments into initial loop variables.
@@ -273,6 +311,38 @@ class Sampler:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _takes_two_arguments(function):
+    try:
+        inspect.signature(function).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (a builtin): assume so
+        pass
+    return True
+
+
+def repeat_rows(x, repeats):
+    """Repeats each row of `x` `repeats` times, into memory of its own.
+
+    Row `i` becomes rows `i * repeats ... (i + 1) * repeats - 1`. Keras'
+    torch `ops.repeat` may return a broadcast view (it does for a batch of
+    one) whose rows share memory; the model updates a repeated KV cache in
+    place on torch, which torch refuses on such a view.
+
+    Args:
+        x: A tensor, batch first.
+        repeats: int, the copies of every row.
+
+    Returns:
+        A `(batch * repeats, ...)` tensor.
+    """
+    if keras.config.backend() == "torch":
+        import torch
+
+        return torch.repeat_interleave(ops.convert_to_tensor(x), repeats, dim=0)
+    return ops.repeat(x, repeats, axis=0)
 
 
 def is_stop_token(token, stop_token_ids):

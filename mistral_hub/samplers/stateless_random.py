@@ -88,6 +88,32 @@ def fold_in(seed, index):
     return tuple(int(v) for v in mixed.generate_state(2))
 
 
+def seed_generator_state(seed, dtype):
+    """Returns a `keras.random.SeedGenerator` state derived from a seed.
+
+    Lets a sampler's `SeedGenerator` (keras_hub's way of drawing random
+    numbers) draw from a step seed inside a compiled loop, where its own
+    state variable cannot advance.
+
+    Args:
+        seed: A seed returned by `fold_in`.
+        dtype: The generator's state dtype (`keras.random.SeedGenerator(...)
+            .state.dtype`).
+
+    Returns:
+        A `(2,)` tensor of `dtype`.
+    """
+    backend = config.backend()
+    if backend == "jax":
+        import jax
+
+        return ops.cast(jax.random.key_data(seed), dtype)
+    if backend == "tensorflow":
+        return ops.cast(seed, dtype)
+    # torch states are int32: keep 31 bits of each word.
+    return ops.convert_to_tensor(np.array(seed, "int64") % 2**31, dtype)
+
+
 def uniform(like, seed):
     """Draws float32 noise in `[tiny, 1)` with the shape of `like`.
 

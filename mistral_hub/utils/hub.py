@@ -13,6 +13,11 @@ A handle is one of:
 Built-in preset names are mapped to their Kaggle handle by
 `mistral_hub.utils.preset_utils` before they reach this module.
 
+Without network (or with `HF_HUB_OFFLINE=1`), files come from the clients'
+caches, without retrying; a file that is not cached raises a
+`ConnectionError` that says how to get the preset (once with network, or
+as a local directory).
+
 Each handle becomes a `PresetSource` with `get_file(path)`, `exists(path)`
 and `list_files()`. Sources list their files when they can (a local
 directory, the Hugging Face file listing, a complete kagglehub cache
@@ -156,6 +161,8 @@ class HuggingFaceSource(PresetSource):
         self.description = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
         self._files = None
         self._listed = False
+        # Why the Hub cannot be used (offline mode, no connection), or None.
+        self._offline = None
 
     def _hub(self):
         try:
@@ -175,7 +182,9 @@ class HuggingFaceSource(PresetSource):
         from huggingface_hub import constants
         from huggingface_hub import errors
 
-        if not _hf_offline(constants):
+        if hf_offline(constants):
+            self._offline = "Hugging Face offline mode is on (`HF_HUB_OFFLINE=1`)"
+        else:
             try:
                 # One request without retries (`list_repo_files` backs off
                 # for ~20 s when the Hub is unreachable).
@@ -199,14 +208,44 @@ class HuggingFaceSource(PresetSource):
                     f"Revision `{self.revision}` does not exist in Hugging Face "
                     f"repository `{self.repo_id}`."
                 ) from e
-            except Exception:  # noqa: BLE001
-                # No connection (httpx errors are not OSErrors), Hub down,
-                # proxy trouble: fall back to what is cached, as
-                # `hf_hub_download` itself does. Real problems resurface
-                # when a file is fetched.
-                pass
+            except Exception as e:  # noqa: BLE001
+                # No connection, Hub down, proxy trouble: fall back to what
+                # is cached, as `hf_hub_download` itself does. Without a
+                # connection, files are then only looked up in the cache
+                # (`hf_hub_download` would retry for about a minute).
+                if is_connection_error(e) and not isinstance(e, errors.HfHubHTTPError):
+                    self._offline = (
+                        f"the Hub could not be reached ({type(e).__name__}: {e})"
+                    )
         self._files = self._list_cached_files()
         return self._files
+
+    def missing(self, path):
+        if self._offline is None:
+            return super().missing(path)
+        # Offline, the listing may be the cached snapshot, which only holds
+        # the files downloaded before.
+        return FileNotFoundError(
+            f"`{path}` is not in the local Hugging Face cache of "
+            f"`{self.description}` and {self._offline}, so the Hub cannot be "
+            "asked for it. If the repository has it, load the preset once "
+            "with network access, or pass the path of a local copy of the "
+            "repository."
+        )
+
+    def _not_cached(self, path):
+        from huggingface_hub import constants
+
+        reason = self._offline or "the Hub could not be reached"
+        return ConnectionError(
+            f"Could not load `{path}` of `{self.description}`: it is not in "
+            f"the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"{reason}. Load the preset once with network access (it is "
+            "cached for later offline use), or pass the path of a local "
+            "directory holding the repository's files, e.g. one made with "
+            f"`hf download {self.repo_id} --local-dir <dir>` on a machine "
+            "with network: `from_preset(\"<dir>\")`."
+        )
 
     def _list_cached_files(self):
         """Files of the requested revision in the local cache, or None."""
@@ -249,16 +288,17 @@ class HuggingFaceSource(PresetSource):
 
         try:
             return hub.hf_hub_download(
-                repo_id=self.repo_id, filename=path, revision=self.revision
+                repo_id=self.repo_id,
+                filename=path,
+                revision=self.revision,
+                local_files_only=self._offline is not None,
             )
         except errors.EntryNotFoundError as e:
             if isinstance(e, errors.LocalEntryNotFoundError):
-                raise FileNotFoundError(
-                    f"`{path}` of `{self.description}` is not in the local "
-                    "Hugging Face cache and the Hub could not be reached "
-                    "(offline, or `HF_HUB_OFFLINE=1`)."
-                ) from e
+                raise self._not_cached(path) from e
             raise self.missing(path) from e
+        except errors.OfflineModeIsEnabled as e:
+            raise self._not_cached(path) from e
         except errors.GatedRepoError as e:
             raise FileNotFoundError(
                 f"`{self.description}` is gated: accept its terms on "
@@ -348,16 +388,68 @@ class KaggleSource(PresetSource):
                 raise self.missing(path) from e
             raise
         except OSError as e:
-            # requests' ConnectionError and friends are OSErrors.
-            raise ConnectionError(
-                f"Could not download `{path}` of `{self.description}` from "
-                f"Kaggle ({type(e).__name__}: {e}). Check your connection; "
-                "cached files are used without network only for versioned "
-                "handles (`.../variation/<version>`)."
-            ) from e
+            if not is_connection_error(e):
+                raise
+            raise self._not_cached(path, e) from e
+
+    def _not_cached(self, path, error):
+        from kagglehub.config import get_cache_folder
+
+        parts = self.handle.split("/")
+        if len(parts) == 4:
+            cache_note = (
+                "Without a version in the handle, Kaggle must be asked for "
+                "the latest one: add it "
+                f"(`{self.description}/<version>`) to use the cache offline."
+            )
+        else:
+            cache_note = (
+                "A preset must be downloaded once with network access; after "
+                "that it loads offline from the kagglehub cache "
+                f"({get_cache_folder()}, set with `KAGGLEHUB_CACHE`)."
+            )
+        return ConnectionError(
+            f"Could not download `{path}` of preset `{self.description}`: it "
+            f"is not in the kagglehub cache and Kaggle could not be reached "
+            f"({type(error).__name__}: {error}). {cache_note} To use a copy "
+            "made elsewhere, download it on a machine with network "
+            f'(`kagglehub.model_download("{self.handle}")`), copy the folder '
+            'here and pass its path: `from_preset("/path/to/folder")`.'
+        )
 
 
-def _hf_offline(constants):
+def is_connection_error(error):
+    """Whether `error` means that a server could not be reached.
+
+    Covers the builtin `ConnectionError` (and huggingface_hub's
+    `OfflineModeIsEnabled`), timeouts, requests' connection errors (used by
+    kagglehub) and httpx's transport errors (huggingface_hub >= 1.0, whose
+    2.x names the package `httpx2`), which are not `OSError`s. HTTP error
+    responses are not connection errors.
+
+    Example:
+    >>> is_connection_error(ConnectionRefusedError(111, "Connection refused"))
+    True
+    >>> is_connection_error(ValueError("bad value"))
+    False
+    """
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    for cls in type(error).__mro__:
+        package = cls.__module__.split(".")[0]
+        if package.startswith("httpx") and cls.__name__ == "TransportError":
+            return True
+        if package == "requests" and cls.__name__ in ("ConnectionError", "Timeout"):
+            return True
+    return False
+
+
+def hf_offline(constants):
+    """Whether huggingface_hub's offline mode (`HF_HUB_OFFLINE=1`) is on.
+
+    Args:
+        constants: the `huggingface_hub.constants` module.
+    """
     # `is_offline_mode()` is recent; older clients only have the constant.
     is_offline_mode = getattr(constants, "is_offline_mode", None)
     if is_offline_mode is not None:
@@ -365,8 +457,10 @@ def _hf_offline(constants):
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
-def parse_kaggle_handle(handle):
+def parse_kaggle_handle(handle, argument="preset"):
     """Validates the part after `kaggle://` and returns it.
+
+    `argument` names the argument the handle came from in error messages.
 
     Raises:
         ValueError: unless it is `owner/model/framework/variation[/version]`
@@ -382,18 +476,20 @@ def parse_kaggle_handle(handle):
             "Kaggle handles must have the form "
             "'kaggle://owner/model/framework/variation[/version]', e.g. "
             "'kaggle://keras/mistral/keras/mistral_7b_en/8'. Received: "
-            f"preset='kaggle://{handle}'"
+            f"{argument}='kaggle://{handle}'"
         )
     if len(parts) == 5 and not (parts[4].isdigit() and int(parts[4]) > 0):
         raise ValueError(
             "The version of a Kaggle handle must be a positive integer. "
-            f"Received: preset='kaggle://{handle}'"
+            f"Received: {argument}='kaggle://{handle}'"
         )
     return handle
 
 
-def parse_hf_handle(handle):
+def parse_hf_handle(handle, argument="preset"):
     """Splits the part after `hf://` into `(repo_id, revision)`.
+
+    `argument` names the argument the handle came from in error messages.
 
     Raises:
         ValueError: unless it is `owner/repo[@revision]` (or `repo`).
@@ -410,7 +506,7 @@ def parse_hf_handle(handle):
         raise ValueError(
             "Hugging Face handles must have the form 'hf://owner/repo' or "
             "'hf://owner/repo@revision'. Received: "
-            f"preset='hf://{handle}'"
+            f"{argument}='hf://{handle}'"
         )
     if "@" in handle and (
         not revision
@@ -420,7 +516,7 @@ def parse_hf_handle(handle):
     ):
         raise ValueError(
             "The revision of a Hugging Face handle must be a branch, tag or "
-            f"commit hash. Received: preset='hf://{handle}'"
+            f"commit hash. Received: {argument}='hf://{handle}'"
         )
     return repo_id, revision or None
 

@@ -25,6 +25,7 @@ This module holds the implementation behind the `from_preset()`,
 `Preprocessor` and `Tokenizer`.
 """
 
+import collections
 import contextlib
 import copy
 import datetime
@@ -37,10 +38,14 @@ import shutil
 import sys
 import tempfile
 import threading
+import warnings
 
 import keras
+from keras.src.saving import saving_lib
 
+from mistral_hub.utils import dtype_utils
 from mistral_hub.utils import hub
+from mistral_hub.utils import validation
 
 CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
@@ -184,6 +189,12 @@ _CLASSES = {
     "MistralTekkenTokenizer": (
         "mistral_hub.models.mistral.mistral_tekken_tokenizer",
         "keras_hub.src.models.mistral.mistral_tokenizer",
+        None,
+    ),
+    # A transformers `tokenizer.json`; keras_hub has no such tokenizer.
+    "MistralHFTokenizer": (
+        "mistral_hub.models.mistral.mistral_hf_tokenizer",
+        None,
         None,
     ),
 }
@@ -338,7 +349,56 @@ def _is_serialized_object(value):
     )
 
 
-def deserialize(serialized, overrides=None, what="a preset object", cls=None):
+# Fields of serialized objects that may name a file. keras_hub saves them
+# as None (vocabularies travel as assets) or inline data; a string is a path.
+_PATH_FIELDS = ("proto", "vocabulary", "merges")
+
+
+def _resolve_saved_paths(config, source, what):
+    """Resolves file paths saved in a config inside the preset, or refuses."""
+    for key in _PATH_FIELDS:
+        if isinstance(config.get(key), str):
+            try:
+                config[key] = preset_file(source, config[key], key)
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
+
+
+def _accepted_kwargs(cls):
+    return _init_params(cls) | {"name", "trainable", "dtype"}
+
+
+def check_token_ids(name, value, vocabulary_size, what, strict=True):
+    """Validates token ids read from a preset (e.g. stop ids).
+
+    Args:
+        name: str. The key holding them, for messages.
+        value: an int or a list of ints.
+        vocabulary_size: int. Ids must be in `[0, vocabulary_size)`.
+        what: str. The file they come from, for messages.
+        strict: bool. If False, invalid ids are dropped with a warning.
+
+    Returns:
+        A tuple of Python ints.
+
+    Raises:
+        ValueError: naming `name` and `what`, for a non-int (bools
+            included) or out-of-range id when `strict`.
+    """
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    valid = [validation.is_int(v) and 0 <= v < vocabulary_size for v in values]
+    if not all(valid):
+        message = (
+            f"`{name}` in {what} must be token ids in [0, {vocabulary_size}) (the "
+            f"vocabulary size). Received: {name}={value!r}"
+        )
+        if strict:
+            raise ValueError(message)
+        warnings.warn(f"{message}; the invalid ids are ignored (strict=False).", stacklevel=2)
+    return tuple(int(v) for v, ok in zip(values, valid) if ok)
+
+
+def deserialize(serialized, overrides=None, what="a preset object", cls=None, source=None):
     """Builds an object from its serialized config, through the allowlist.
 
     Nested `backbone`, `preprocessor` and `tokenizer` objects are built the
@@ -352,9 +412,19 @@ def deserialize(serialized, overrides=None, what="a preset object", cls=None):
         what: str. Description of the object for error messages.
         cls: optional class to build instead of the saved one (a subclass
             of it).
+        source: the `hub.PresetSource` the config comes from. A file path
+            saved in it (a tokenizer's `proto`, `vocabulary` or `merges`)
+            must name a file inside that preset and is resolved there;
+            without `source`, saved paths are used as they are.
 
     Returns:
         The object.
+
+    Raises:
+        TypeError: for an override the class does not accept.
+        ValueError: for a class outside the allowlist, a saved path outside
+            the preset, invalid saved stop ids, or a config the class
+            refuses.
     """
     saved_cls = resolve_class(serialized, what)
     if cls is None or not issubclass(cls, saved_cls):
@@ -364,23 +434,34 @@ def deserialize(serialized, overrides=None, what="a preset object", cls=None):
     extras = extras if isinstance(extras, dict) else {}
     if isinstance(extras.get("config"), dict):
         config.update(extras["config"])
+    if source is not None:
+        _resolve_saved_paths(config, source, what)
     for key in ("backbone", "preprocessor", "tokenizer"):
         if isinstance(config.get(key), dict):
-            config[key] = deserialize(config[key], overrides, f"`{key}` of {what}")
+            config[key] = deserialize(
+                config[key], overrides, f"`{key}` of {what}", source=source
+            )
     own = dict((overrides or {}).get(_kind(cls)) or {})
+    validation.check_known_kwargs(
+        f"{cls.__name__}.from_preset", own, _accepted_kwargs(cls) | set(config)
+    )
     if "dtype" in own:
         config["dtype"] = _merge_dtype(config.get("dtype"), own.pop("dtype"))
+    elif _kind(cls) == "backbone" and dtype_utils.user_dtype_policy() is not None:
+        # A global policy the user set wins over the saved dtype.
+        config["dtype"] = _merge_dtype(config.get("dtype"), dtype_utils.user_dtype_policy())
     config.update(own)
     _check_dtype_config(config.get("dtype"), what)
     try:
         obj = cls.from_config(config)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"Could not build `{cls.__name__}` from {what}: {e}") from e
     attributes = extras.get("attributes")
     if isinstance(attributes, dict):
         for name in _TASK_ATTRIBUTES:
             if attributes.get(name) is not None:
-                setattr(obj, name, tuple(int(i) for i in attributes[name]))
+                vocabulary_size = obj.backbone.vocabulary_size
+                setattr(obj, name, check_token_ids(name, attributes[name], vocabulary_size, what))
     return obj
 
 
@@ -549,9 +630,72 @@ def get_preset_source(preset):
     return source
 
 
+def _preset_roots(directory):
+    """Real directories the files of a local preset may resolve into.
+
+    The preset directory itself, plus the `blobs` folder next to it when it
+    is a huggingface_hub cache snapshot (`<repo>/snapshots/<commit>`, whose
+    files are links into `<repo>/blobs`).
+    """
+    root = os.path.realpath(directory)
+    roots = [root]
+    parent = os.path.dirname(root)
+    blobs = os.path.join(os.path.dirname(parent), "blobs")
+    if os.path.basename(parent) == "snapshots" and os.path.isdir(blobs):
+        roots.append(blobs)
+    return roots
+
+
+def preset_file(source, path, what="path"):
+    """The local path of file `path` of a preset, refusing any way out of it.
+
+    Every file the loaders read goes through here. `path` must be a relative
+    path without `..` (see `hub.check_relative_path`), and in a local
+    directory it must not resolve, through symbolic links, to a file
+    outside the preset: a crafted preset must not make the loader read
+    arbitrary local files.
+
+    Args:
+        source: a `hub.PresetSource`.
+        path: str. The file, relative to the preset root.
+        what: str. How to call `path` in error messages (e.g. `"proto"`).
+
+    Returns:
+        str. A local path.
+
+    Raises:
+        ValueError: for an absolute path, `..`, or a link leaving the
+            preset.
+        FileNotFoundError: if the preset has no such file.
+
+    Example:
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> os.symlink("/etc/hostname", os.path.join(directory, "vocabulary.spm"))
+    >>> try:
+    ...     preset_file(hub.LocalSource(directory), "vocabulary.spm")
+    ... except ValueError as e:
+    ...     print("outside the preset directory" in str(e))
+    True
+    """
+    hub.check_relative_path(path, what)
+    local_path = source.get_file(path)
+    if isinstance(source, hub.LocalSource):
+        real = os.path.realpath(local_path)
+        if not any(
+            os.path.commonpath([real, root]) == root for root in _preset_roots(source.directory)
+        ):
+            raise ValueError(
+                f"`{path}` of preset `{source.description}` resolves to `{real}`, "
+                "outside the preset directory (a symbolic link?). Copy the file "
+                "into the preset instead."
+            )
+    return local_path
+
+
 def load_json(source, path):
     """Reads a JSON object file of a preset."""
-    local_path = source.get_file(path)
+    local_path = preset_file(source, path)
     try:
         with open(local_path, encoding="utf-8") as f:
             data = json.load(f)
@@ -572,10 +716,12 @@ def load_json(source, path):
 
 
 def _init_params(cls):
-    """Named constructor arguments of `cls` and its mistral_hub bases."""
+    """Named constructor arguments of `cls` and its bases above Keras'."""
     names = set()
     for klass in cls.__mro__:
-        if not klass.__module__.startswith("mistral_hub"):
+        # Keras' own constructors take arguments (`autocast`...) that our
+        # models do not pass on.
+        if klass.__module__.startswith("keras"):
             continue
         for name, param in inspect.signature(klass.__init__).parameters.items():
             if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
@@ -584,8 +730,23 @@ def _init_params(cls):
     return names
 
 
-def _route_kwargs(kwargs, backbone_keys=(), preprocessor_keys=(), tokenizer_keys=()):
-    """Splits `from_preset` kwargs between the objects they configure."""
+def _route_kwargs(
+    kwargs, caller, backbone_keys=(), preprocessor_keys=(), tokenizer_keys=(), task_keys=()
+):
+    """Splits `from_preset` kwargs between the objects they configure.
+
+    `dtype` goes to the backbone; other keys to the first object whose
+    keys hold them, in the order of the arguments.
+
+    Raises:
+        TypeError: for a key no object takes, naming it (and the closest
+            accepted key), instead of dropping it silently.
+    """
+    validation.check_known_kwargs(
+        caller,
+        kwargs,
+        {"dtype", *backbone_keys, *preprocessor_keys, *tokenizer_keys, *task_keys},
+    )
     routed = {"backbone": {}, "preprocessor": {}, "tokenizer": {}, "task": {}}
     for key, value in kwargs.items():
         if key == "dtype" or key in backbone_keys:
@@ -600,7 +761,8 @@ def _route_kwargs(kwargs, backbone_keys=(), preprocessor_keys=(), tokenizer_keys
 
 
 _GENERIC_KEYS = {"name", "trainable", "dtype", "tokenizer", "config_file", "proto",
-                 "vocabulary", "merges", "backbone", "preprocessor", "kwargs", "args"}
+                 "vocabulary", "merges", "backbone", "preprocessor", "kwargs", "args",
+                 "inputs", "outputs"}
 
 
 class PresetLoader:
@@ -617,13 +779,19 @@ class PresetLoader:
     def backbone_config_keys(self):
         return _init_params(self.check_backbone_class()) - _GENERIC_KEYS
 
-    def load_backbone(self, cls, load_weights, **kwargs):
+    def load_backbone(self, cls, load_weights, strict=True, **kwargs):
+        """Builds `cls` with config overrides `kwargs` and loads the weights.
+
+        With `strict`, the weights must match the model exactly (see
+        `WeightMismatches`); otherwise the matching ones are loaded and the
+        rest listed in a warning.
+        """
         raise NotImplementedError
 
     def load_tokenizer(self, cls, config_file=TOKENIZER_CONFIG_FILE, **kwargs):
         raise NotImplementedError
 
-    def stop_token_ids(self):
+    def stop_token_ids(self, strict=True):
         """Token ids that end generation, from the preset; None if unknown."""
         return None
 
@@ -636,11 +804,14 @@ class PresetLoader:
             if preprocessor_cls.tokenizer_cls is not None:
                 tokenizer_keys = _init_params(preprocessor_cls.tokenizer_cls)
                 tokenizer_keys -= _GENERIC_KEYS
+        task_keys = {"backbone", "preprocessor", "name", "trainable"}
         return _route_kwargs(
             kwargs,
+            f"{cls.__name__}.from_preset",
             backbone_keys=self.backbone_config_keys(),
             preprocessor_keys=preprocessor_keys,
             tokenizer_keys=tokenizer_keys,
+            task_keys=task_keys | (_init_params(cls) - _GENERIC_KEYS),
         )
 
     def load_preprocessor(
@@ -652,14 +823,14 @@ class PresetLoader:
         tokenizer = self.load_tokenizer(cls.tokenizer_cls, **(tokenizer_kwargs or {}))
         return cls(tokenizer=tokenizer, **kwargs)
 
-    def load_task(self, cls, load_weights, **kwargs):
+    def load_task(self, cls, load_weights, strict=True, **kwargs):
         """Builds `cls` from the preset's backbone and preprocessor."""
         routed = self.route_task_kwargs(cls, kwargs)
         task_kwargs = routed["task"]
         backbone = task_kwargs.pop("backbone", None)
         if backbone is None:
             backbone = self.load_backbone(
-                cls.backbone_cls, load_weights, **routed["backbone"]
+                cls.backbone_cls, load_weights, strict=strict, **routed["backbone"]
             )
         if "preprocessor" in task_kwargs:
             preprocessor = task_kwargs.pop("preprocessor")
@@ -672,7 +843,7 @@ class PresetLoader:
         else:
             preprocessor = None
         task = cls(backbone=backbone, preprocessor=preprocessor, **task_kwargs)
-        stop_token_ids = self.stop_token_ids()
+        stop_token_ids = self.stop_token_ids(strict)
         if stop_token_ids:
             task.default_stop_token_ids = tuple(stop_token_ids)
         return task
@@ -689,16 +860,18 @@ class KerasPresetLoader(PresetLoader):
             super().backbone_config_keys()
         )
 
-    def load_backbone(self, cls, load_weights, **kwargs):
-        with _maybe_skip_initialization(load_weights):
+    def load_backbone(self, cls, load_weights, strict=True, **kwargs):
+        # Random values are only needed for weights a non-strict load skips.
+        with _maybe_skip_initialization(load_weights and strict):
             backbone = deserialize(
                 self.config,
                 {"backbone": kwargs},
                 _describe(f"`{CONFIG_FILE}`", self.source),
                 cls=cls,
+                source=self.source,
             )
         if load_weights:
-            self.load_backbone_weights(backbone)
+            self.load_backbone_weights(backbone, strict)
         return backbone
 
     def load_tokenizer(self, cls, config_file=TOKENIZER_CONFIG_FILE, **kwargs):
@@ -707,7 +880,7 @@ class KerasPresetLoader(PresetLoader):
         config = load_json(self.source, config_file)
         saved_cls = resolve_class(config, what)
         _check_tokenizer_class(saved_cls, cls, what)
-        tokenizer = deserialize(config, {"tokenizer": kwargs}, what, cls=cls)
+        tokenizer = deserialize(config, {"tokenizer": kwargs}, what, cls=cls, source=self.source)
         return load_tokenizer_assets(tokenizer, self.source)
 
     def load_preprocessor(
@@ -723,6 +896,7 @@ class KerasPresetLoader(PresetLoader):
                     {"preprocessor": kwargs, "tokenizer": tokenizer_kwargs or {}},
                     what,
                     cls=cls,
+                    source=self.source,
                 )
                 _load_preprocessor_assets(preprocessor, self.source)
                 return preprocessor
@@ -730,13 +904,13 @@ class KerasPresetLoader(PresetLoader):
             cls, config_file, tokenizer_kwargs=tokenizer_kwargs, **kwargs
         )
 
-    def load_task(self, cls, load_weights, **kwargs):
+    def load_task(self, cls, load_weights, strict=True, **kwargs):
         if not self.source.exists(TASK_CONFIG_FILE):
-            return super().load_task(cls, load_weights, **kwargs)
+            return super().load_task(cls, load_weights, strict, **kwargs)
         what = _describe(f"`{TASK_CONFIG_FILE}`", self.source)
         config = load_json(self.source, TASK_CONFIG_FILE)
         if not issubclass(resolve_class(config, what), cls):
-            return super().load_task(cls, load_weights, **kwargs)
+            return super().load_task(cls, load_weights, strict, **kwargs)
         routed = self.route_task_kwargs(cls, kwargs)
         task_kwargs = routed["task"]
         config = copy.deepcopy(config)
@@ -745,7 +919,7 @@ class KerasPresetLoader(PresetLoader):
         for key in ("backbone", "preprocessor"):
             if key in task_kwargs:
                 config["config"][key] = task_kwargs.pop(key)
-        with _maybe_skip_initialization(load_weights and not user_backbone):
+        with _maybe_skip_initialization(load_weights and strict and not user_backbone):
             task = deserialize(
                 config,
                 {
@@ -756,33 +930,38 @@ class KerasPresetLoader(PresetLoader):
                 },
                 what,
                 cls=cls,
+                source=self.source,
             )
         if task.preprocessor is not None and not user_preprocessor:
             _load_preprocessor_assets(task.preprocessor, self.source)
         if load_weights and not user_backbone:
-            self.load_backbone_weights(task.backbone)
+            self.load_backbone_weights(task.backbone, strict)
         return task
 
-    def load_backbone_weights(self, backbone):
+    def load_backbone_weights(self, backbone, strict=True):
         """Loads `model.weights.h5` (or its shards) into `backbone`."""
         if self.source.exists(MODEL_WEIGHTS_FILE):
             name = MODEL_WEIGHTS_FILE
-            path = self.source.get_file(MODEL_WEIGHTS_FILE)
+            path = preset_file(self.source, MODEL_WEIGHTS_FILE)
         elif self.source.exists(SHARDED_MODEL_WEIGHTS_CONFIG_FILE):
             name = SHARDED_MODEL_WEIGHTS_CONFIG_FILE
-            path = self.source.get_file(SHARDED_MODEL_WEIGHTS_CONFIG_FILE)
-            for shard in _keras_shard_names(self.source, path):
+            path = preset_file(self.source, SHARDED_MODEL_WEIGHTS_CONFIG_FILE)
+            what = f"`{name}` of preset `{self.source.description}`"
+            for shard in _keras_shard_names(path, what):
                 # Fetched next to the index, where Keras looks for them.
-                self.source.get_file(shard)
+                preset_file(self.source, shard, "shard file name")
         else:
             raise FileNotFoundError(
                 f"Preset `{self.source.description}` has no weights: neither "
                 f"`{MODEL_WEIGHTS_FILE}` nor `{SHARDED_MODEL_WEIGHTS_CONFIG_FILE}`."
             )
-        load_keras_weights(backbone, path, f"`{name}` of preset `{self.source.description}`")
+        load_keras_weights(
+            backbone, path, f"`{name}` of preset `{self.source.description}`", strict
+        )
 
 
-def _keras_shard_names(source, index_path):
+def _keras_shard_names(index_path, what):
+    """The shard files listed in a Keras `*.weights.json` index."""
     try:
         with open(index_path, encoding="utf-8") as f:
             weight_map = json.load(f)["weight_map"]
@@ -790,61 +969,305 @@ def _keras_shard_names(source, index_path):
         for value in weight_map.values():
             names.update(value if isinstance(value, list) else [value])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(
-            f"`{SHARDED_MODEL_WEIGHTS_CONFIG_FILE}` of preset "
-            f"`{source.description}` is not a valid shard index ({e})."
-        ) from None
+        raise ValueError(f"{what} is not a valid shard index ({e}).") from None
     for shard in names:
         hub.check_relative_path(shard, "shard file name")
         if "/" in shard or not shard.endswith(".weights.h5"):
             raise ValueError(
-                f"Invalid shard file name {shard!r} in "
-                f"`{SHARDED_MODEL_WEIGHTS_CONFIG_FILE}` of preset "
-                f"`{source.description}`: shards must be `*.weights.h5` files "
-                "next to the index."
+                f"Invalid shard file name {shard!r} in {what}: shards must be "
+                "`*.weights.h5` files next to the index."
             )
     return sorted(names)
 
 
-_SHAPE_ERROR = re.compile(
-    r"variable\.shape=(?P<expected>\([^)]*\)), Received: value\.shape="
-    r"(?P<received>(?:torch\.Size\(\[[^\]]*\]\))|(?:\([^)]*\)))"
-    r".*?Target variable: <Variable path=(?P<path>[^,>]+)",
-    re.S,
-)
+class WeightMismatches:
+    """Differences between a weights file and the model built from a config.
+
+    The loaders collect them from file headers before reading any weight,
+    then `report()` either refuses the load (strict, the default) or warns
+    and lets the matching weights load (`strict=False`).
+
+    Args:
+        source: str. How the messages call the weights, e.g. `"the file"`.
+
+    Example:
+    >>> mismatches = WeightMismatches("the checkpoint")
+    >>> mismatches.add("unexpected", "`extra.weight` (3,)")
+    >>> mismatches.report("`model.safetensors`", "MistralBackbone", strict=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `model.safetensors` does not match the `MistralBackbone` built from its config; nothing was loaded:
+    - 1 in the checkpoint but not used by the model: `extra.weight` (3,)
+    Fix the config or the weights, or pass `strict=False` to `from_preset()` to load only the matching weights.
+    """
+
+    _LABELS = {
+        "missing": "missing from {source}",
+        "shape": "with another shape in {source}",
+        "dtype": "with an incompatible dtype in {source}",
+        "unexpected": "in {source} but not used by the model",
+    }
+    _SHOWN = 5
+
+    def __init__(self, source="the file"):
+        self.source = source
+        self.items = {kind: [] for kind in self._LABELS}
+        self.hints = []
+
+    def add(self, kind, text):
+        self.items[kind].append(text)
+
+    def __bool__(self):
+        return any(self.items.values())
+
+    def describe(self):
+        lines = []
+        for kind, label in self._LABELS.items():
+            items = self.items[kind]
+            if items:
+                shown = "; ".join(items[: self._SHOWN])
+                if len(items) > self._SHOWN:
+                    shown += f"; ... and {len(items) - self._SHOWN} more"
+                lines.append(f"- {len(items)} {label.format(source=self.source)}: {shown}")
+        lines += [f"- {hint}" for hint in self.hints]
+        return "\n".join(lines)
+
+    def report(self, what, model_name, strict):
+        """Raises (strict) or warns (not strict) if anything differs.
+
+        Raises:
+            ValueError: listing the differences, when `strict`.
+        """
+        if not self:
+            return
+        what = what[:1].upper() + what[1:]
+        if strict:
+            raise ValueError(
+                f"{what} does not match the `{model_name}` built from its config; "
+                f"nothing was loaded:\n{self.describe()}\nFix the config or the "
+                "weights, or pass `strict=False` to `from_preset()` to load only "
+                "the matching weights."
+            )
+        warnings.warn(
+            f"{what} does not match the `{model_name}` built from its config; "
+            "only the matching weights were loaded (strict=False), the others "
+            f"keep their initial values:\n{self.describe()}",
+            stacklevel=2,
+        )
 
 
-def _shape_tuple(text):
-    return tuple(int(n) for n in re.findall(r"\d+", text))
+class _LayoutRecorder(saving_lib.H5IOStore):
+    """A weights store that records what Keras would save, writing nothing."""
+
+    def __init__(self):
+        self.entries = {}
+        self._path = ""
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        self._path = path
+        return self
+
+    def __setitem__(self, key, value):
+        self.entries[f"{self._path}/vars/{key}" if self._path else f"vars/{key}"] = value
 
 
-def load_keras_weights(model, path, what):
-    """`model.load_weights(path)` with clear errors.
+@contextlib.contextmanager
+def _own_dtype_policies(model):
+    """Gives layers that hold a `DTypePolicyMap` their own entry meanwhile.
+
+    Quantized layers built from a map (as presets of quantized models are)
+    ask `self.dtype_policy.quantization_mode` when saving, which the map
+    answers with its default, None: Keras 3.15 would then save `None` for
+    their scales.
+    """
+    replaced = []
+    for layer in model._flatten_layers():
+        policy = layer._dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+            replaced.append((layer, policy))
+            layer._dtype_policy = policy[layer.path]
+    try:
+        yield
+    finally:
+        for layer, policy in replaced:
+            layer._dtype_policy = policy
+
+
+def _keras_weight_layout(model):
+    """`{dataset path: variable}` as `model.save_weights()` lays them out.
+
+    Runs Keras' own saving traversal (private, but the only definition of
+    the layout) into a store that records the variables instead of writing
+    them, so nothing is copied.
+    """
+    recorder = _LayoutRecorder()
+    with _own_dtype_policies(model):
+        saving_lib._save_state(model, recorder, None, "", set())
+    return recorder.entries
+
+
+def _stored_keras_weights(path, what):
+    """`{dataset path: (shape, dtype, file, name in file)}` of a weights file.
+
+    `path` is a `.weights.h5` file or a `.weights.json` index whose shards
+    lie next to it. Optimizer state (`optimizer/...`) is left out.
+    """
+    import h5py
+
+    files = [path]
+    if path.endswith(".json"):
+        directory = os.path.dirname(path)
+        files = [os.path.join(directory, n) for n in _keras_shard_names(path, what)]
+    stored = {}
+    for file in files:
+        with h5py.File(file, "r") as f:
+
+            def visit(name, obj, file=file):
+                if not isinstance(obj, h5py.Dataset) or name.startswith("optimizer/"):
+                    return
+                dtype = "bfloat16" if obj.attrs.get("dtype") == "bfloat16" else obj.dtype.name
+                # Keras 2.13 files name the layer list differently.
+                key = re.sub(r"^_layer_checkpoint_dependencies/", "layers/", name)
+                stored[key] = (tuple(obj.shape), dtype, file, name)
+
+            f.visititems(visit)
+    return stored
+
+
+def _dtype_kind(name):
+    if "float" in name:
+        return "float"
+    return "int" if "int" in name else name
+
+
+def _layer_count_hints(expected, stored):
+    """`the file holds 2 `x` layers, the model 1` for each layer kind."""
+
+    def counts(keys):
+        groups = {k.split("/")[1] for k in keys if k.startswith("layers/") and k.count("/") > 2}
+        return collections.Counter(re.sub(r"_\d+$", "", g) for g in groups)
+
+    ours, theirs = counts(expected), counts(stored)
+    return [
+        f"the file holds {theirs[name]} `{name}` layers, the model {ours[name]}: does "
+        "the config (e.g. `num_layers`) match the weights?"
+        for name in sorted(set(ours) | set(theirs))
+        if ours[name] != theirs[name]
+    ]
+
+
+def _compare_keras_weights(expected, stored):
+    """The mismatches and the `(variable, stored entry)` pairs that match."""
+    mismatches = WeightMismatches("the file")
+    matching = []
+    for key, value in expected.items():
+        name = getattr(value, "path", key)
+        shape = tuple(value.shape)
+        if key not in stored:
+            mismatches.add("missing", f"`{name}` {shape}")
+            continue
+        stored_shape, stored_dtype, _, _ = stored[key]
+        if stored_shape != shape:
+            mismatches.add(
+                "shape",
+                f"variable `{name}` has shape {shape}, but the file stores "
+                f"{stored_shape} (`{key}`)",
+            )
+        elif _dtype_kind(keras.backend.standardize_dtype(value.dtype)) != _dtype_kind(
+            stored_dtype
+        ):
+            mismatches.add(
+                "dtype",
+                f"variable `{name}` is {keras.backend.standardize_dtype(value.dtype)}, "
+                f"but the file stores {stored_dtype} (`{key}`)",
+            )
+        else:
+            matching.append((value, stored[key]))
+    for key in sorted(set(stored) - set(expected)):
+        mismatches.add("unexpected", f"`{key}` {stored[key][0]}")
+    mismatches.hints = _layer_count_hints(expected, stored)
+    return mismatches, matching
+
+
+def _assign_stored_weights(matching):
+    import h5py
+    import ml_dtypes
+
+    by_file = collections.defaultdict(list)
+    for variable, (_, dtype, file, name) in matching:
+        by_file[file].append((variable, dtype, name))
+    for file, entries in by_file.items():
+        with h5py.File(file, "r") as f:
+            for variable, dtype, name in entries:
+                value = f[name][()]
+                if dtype == "bfloat16":
+                    value = value.view(ml_dtypes.bfloat16)
+                variable.assign(value)
+
+
+# What h5py and Keras raise on a truncated or corrupt weights file.
+_READ_ERRORS = (OSError, KeyError, RuntimeError, EOFError)
+
+
+def _unreadable(what, error):
+    return ValueError(
+        f"Could not read the weights in {what}: the file is truncated, "
+        f"corrupt or not a Keras weights file ({type(error).__name__}: {error})."
+    )
+
+
+def load_keras_weights(model, path, what, strict=True):
+    """Loads a Keras weights file into `model`, checking it first.
+
+    The file's weights (`path` is a `.weights.h5` file, or a
+    `.weights.json` index with its shards next to it) are compared, from
+    the file headers, with the variables Keras saves for `model`: every
+    variable must be in the file with the same shape and a compatible dtype
+    (floats for float variables), and the file may hold nothing else
+    (optimizer state aside).
+
+    Args:
+        model: a built Keras model.
+        path: str. Local path of the weights file or index.
+        what: str. How to name the file in messages.
+        strict: bool. If True, any difference raises before anything is
+            loaded and `model.load_weights` does the loading. If False, the
+            weights that match are assigned one by one, a warning lists the
+            rest, and the other variables keep their values.
 
     Raises:
         ValueError: naming the file, for a truncated or corrupt file, and
-            naming the variable and both shapes for a shape mismatch.
+            listing the differences (names, shapes and counts) when
+            `strict`.
     """
+    validation.check_bool("strict", strict)
     trim_memory()
     try:
-        model.load_weights(path)
-        trim_memory()
-    except (OSError, KeyError, RuntimeError, EOFError) as e:
-        raise ValueError(
-            f"Could not read the weights in {what}: the file is truncated, "
-            f"corrupt or not a Keras weights file ({type(e).__name__}: {e})."
-        ) from e
+        stored = _stored_keras_weights(path, what)
+    except _READ_ERRORS as e:
+        raise _unreadable(what, e) from e
+    mismatches, matching = _compare_keras_weights(_keras_weight_layout(model), stored)
+    if not strict:
+        # Values computed when saving (e.g. kernels with LoRA merged in)
+        # only Keras' own loading can restore.
+        for value, entry in matching:
+            if not isinstance(value, keras.Variable):
+                mismatches.add("missing", f"`{entry[3]}` (computed when saving)")
+        matching = [entry for entry in matching if isinstance(entry[0], keras.Variable)]
+    mismatches.report(what, type(model).__name__, strict)
+    try:
+        if strict:
+            model.load_weights(path)
+        else:
+            _assign_stored_weights(matching)
+    except _READ_ERRORS as e:
+        raise _unreadable(what, e) from e
     except ValueError as e:
-        match = _SHAPE_ERROR.search(str(e))
-        if match:
-            raise ValueError(
-                f"Shape mismatch loading {what} into `{type(model).__name__}`: "
-                f"variable `{match['path'].strip()}` has shape "
-                f"{_shape_tuple(match['expected'])}, but the file stores "
-                f"{_shape_tuple(match['received'])}. Does the config match "
-                "the weights?"
-            ) from e
         raise ValueError(f"Could not load the weights in {what}: {e}") from e
+    trim_memory()
 
 
 def _check_tokenizer_class(found, cls, what):
@@ -856,7 +1279,10 @@ def _check_tokenizer_class(found, cls, what):
     """
     if issubclass(found, cls):
         return
-    mistral = {_import_class("MistralTokenizer"), _import_class("MistralTekkenTokenizer")}
+    mistral = {
+        _import_class(name)
+        for name in ("MistralTokenizer", "MistralTekkenTokenizer", "MistralHFTokenizer")
+    }
     if cls in mistral and any(issubclass(found, m) for m in mistral):
         return
     raise ValueError(
@@ -890,16 +1316,16 @@ def load_tokenizer_assets(tokenizer, preset):
         and source.exists(f"{subdir}/vocabulary.json")
     ):
         return _tekken_from_keras_hub_assets(tokenizer, source, subdir)
-    paths = [source.get_file(f"{subdir}/{name}") for name in assets]
+    paths = [preset_file(source, f"{subdir}/{name}") for name in assets]
     if paths:
         tokenizer.load_assets(os.path.dirname(paths[0]))
     return tokenizer
 
 
 def _tekken_from_keras_hub_assets(tokenizer, source, subdir):
-    with open(source.get_file(f"{subdir}/vocabulary.json"), encoding="utf-8") as f:
+    with open(preset_file(source, f"{subdir}/vocabulary.json"), encoding="utf-8") as f:
         vocabulary = json.load(f)
-    with open(source.get_file(f"{subdir}/merges.txt"), encoding="utf-8") as f:
+    with open(preset_file(source, f"{subdir}/merges.txt"), encoding="utf-8") as f:
         merges = [line.rstrip("\n") for line in f if line.strip()]
     config = tokenizer.get_config()
     config.update({"vocabulary": vocabulary, "merges": merges})
@@ -980,9 +1406,16 @@ def _find_subclass(cls, backbone_cls, preset_description):
     return candidates[0]
 
 
-def backbone_from_preset(cls, preset, load_weights=True, **kwargs):
+def backbone_from_preset(cls, preset, load_weights=True, strict=True, **kwargs):
     """Implements `Backbone.from_preset` (see its docstring)."""
+    validation.check_bool("load_weights", load_weights)
+    validation.check_bool("strict", strict)
     loader = get_preset_loader(preset)
+    validation.check_known_kwargs(
+        f"{cls.__name__}.from_preset",
+        kwargs,
+        loader.backbone_config_keys() | {"name", "trainable", "dtype"},
+    )
     backbone_cls = loader.check_backbone_class()
     if issubclass(cls, backbone_cls):
         target = cls
@@ -993,12 +1426,15 @@ def backbone_from_preset(cls, preset, load_weights=True, **kwargs):
             f"Preset `{loader.source.description}` holds a "
             f"`{backbone_cls.__name__}`, which is not a `{cls.__name__}`."
         )
-    return loader.load_backbone(target, load_weights, **kwargs)
+    return loader.load_backbone(target, load_weights, strict, **kwargs)
 
 
-def task_from_preset(cls, preset, load_weights=True, **kwargs):
+def task_from_preset(cls, preset, load_weights=True, strict=True, **kwargs):
     """Implements `Task.from_preset` (see its docstring)."""
     from mistral_hub.models.task import Task
+
+    validation.check_bool("load_weights", load_weights)
+    validation.check_bool("strict", strict)
 
     if cls is Task:
         raise ValueError(
@@ -1007,7 +1443,7 @@ def task_from_preset(cls, preset, load_weights=True, **kwargs):
         )
     loader = get_preset_loader(preset)
     cls = _find_subclass(cls, loader.check_backbone_class(), loader.source.description)
-    return loader.load_task(cls, load_weights, **kwargs)
+    return loader.load_task(cls, load_weights, strict, **kwargs)
 
 
 def preprocessor_from_preset(cls, preset, config_file=PREPROCESSOR_CONFIG_FILE, **kwargs):
@@ -1028,13 +1464,15 @@ def preprocessor_from_preset(cls, preset, config_file=PREPROCESSOR_CONFIG_FILE, 
     tokenizer_keys = set()
     if cls.tokenizer_cls is not None:
         tokenizer_keys = _init_params(cls.tokenizer_cls) - _GENERIC_KEYS
-    preprocessor_keys = _init_params(cls) - (_GENERIC_KEYS - {"name", "trainable", "dtype"})
+    preprocessor_keys = (_init_params(cls) - _GENERIC_KEYS) | {"name", "trainable"}
     routed = _route_kwargs(
-        kwargs, preprocessor_keys=preprocessor_keys, tokenizer_keys=tokenizer_keys
+        kwargs,
+        f"{cls.__name__}.from_preset",
+        preprocessor_keys=preprocessor_keys,
+        tokenizer_keys=tokenizer_keys,
     )
-    # `dtype`, `name`... of a preprocessor belong to the preprocessor here.
+    # `dtype` of a preprocessor belongs to the preprocessor here.
     routed["preprocessor"].update(routed["backbone"])
-    routed["preprocessor"].update(routed["task"])
     return loader.load_preprocessor(
         cls, config_file, tokenizer_kwargs=routed["tokenizer"], **routed["preprocessor"]
     )
@@ -1302,3 +1740,252 @@ def save_tokenizer(tokenizer, preset_dir, overwrite=False):
     """Implements `Tokenizer.save_to_preset`."""
     with preset_writer(preset_dir, overwrite) as writer:
         writer.write_tokenizer(tokenizer)
+
+
+# ---------------------------------------------------------------------------
+# Uploading presets
+# ---------------------------------------------------------------------------
+
+README_FILE = "README.md"
+
+_UPLOAD_FORMS = (
+    "An upload URI must be one of:\n"
+    "1) a Kaggle Models handle 'kaggle://<owner>/<model>/<framework>/<variation>' "
+    "(Kaggle numbers the versions itself),\n"
+    "2) a Hugging Face handle 'hf://<owner>/<repo>' (or 'hf://<repo>' for your "
+    "own account)."
+)
+
+
+def upload_preset(uri, preset):
+    """Uploads a local Keras preset directory to Kaggle Models or the HF Hub.
+
+    The directory must hold a preset written by `save_to_preset` (or by
+    keras_hub): a `config.json` naming a Mistral class and readable model
+    weights. Both are checked, and the handle validated, before anything is
+    sent. A Hugging Face repository is created if needed and gets a model
+    card unless it (or the preset) already has a `README.md`.
+
+    Args:
+        uri: str. `kaggle://<owner>/<model>/<framework>/<variation>`
+            (uploaded with `kagglehub.model_upload`, which creates the next
+            version) or `hf://<owner>/<repo>` (uploaded in one commit with
+            `huggingface_hub`).
+        preset: str or path. The local preset directory.
+
+    Raises:
+        ValueError: for a malformed URI or an invalid preset directory.
+        FileNotFoundError: if `preset` does not exist or lacks its config
+            or weights.
+        ConnectionError: if the hub cannot be reached (no network, or
+            `HF_HUB_OFFLINE=1` for Hugging Face).
+        PermissionError: if the hub refuses the credentials.
+
+    Example:
+    >>> import tempfile
+    >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+    >>> preset = tempfile.mkdtemp() + "/tiny"
+    >>> MistralBackbone(vocabulary_size=10, num_layers=1, num_query_heads=2,
+    ...     hidden_dim=8, intermediate_dim=16,
+    ...     num_key_value_heads=1).save_to_preset(preset)
+    >>> upload_preset("hf://owner/repo/extra", preset)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Hugging Face handles must have the form ... uri='hf://owner/repo/extra'
+    """
+    scheme, handle = _parse_upload_uri(uri)
+    source = _validated_preset_dir(preset)
+    if scheme == hub.KAGGLE_SCHEME:
+        _upload_to_kaggle(handle, source)
+    else:
+        _upload_to_hf(handle, source)
+
+
+def _parse_upload_uri(uri):
+    if isinstance(uri, os.PathLike) or not isinstance(uri, str) or "://" not in uri:
+        raise ValueError(f"{_UPLOAD_FORMS}\nReceived: uri={uri!r}")
+    scheme, _, handle = uri.partition("://")
+    scheme = scheme.lower()
+    if scheme == hub.KAGGLE_SCHEME:
+        if len(hub.parse_kaggle_handle(handle, "uri").split("/")) != 4:
+            raise ValueError(
+                "Upload to a Kaggle handle without a version: Kaggle creates the "
+                "next version of 'kaggle://<owner>/<model>/<framework>/<variation>'. "
+                f"Received: uri={uri!r}"
+            )
+        return scheme, handle
+    if scheme == hub.HF_SCHEME:
+        repo_id, revision = hub.parse_hf_handle(handle, "uri")
+        if revision is not None:
+            raise ValueError(
+                "Uploads go to the default branch of a Hugging Face repository; "
+                f"drop '@{revision}'. Received: uri={uri!r}"
+            )
+        return scheme, repo_id
+    raise ValueError(
+        f"Unsupported upload scheme `{scheme}://`. {_UPLOAD_FORMS}\nReceived: uri={uri!r}"
+    )
+
+
+def _validated_preset_dir(preset):
+    """Checks that `preset` is a local Keras preset; returns its source."""
+    if not isinstance(preset, (str, os.PathLike)):
+        raise ValueError(
+            "`preset` must be the path of a local preset directory. "
+            f"Received: {type(preset).__name__}"
+        )
+    directory = os.path.expanduser(os.fspath(preset))
+    if not os.path.exists(directory):
+        raise FileNotFoundError(f"The preset directory `{directory}` doesn't exist.")
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"`preset` must be a directory, not a file. Received: preset={directory!r}"
+        )
+    source = hub.LocalSource(directory)
+    if not source.exists(CONFIG_FILE):
+        raise FileNotFoundError(
+            f"`{CONFIG_FILE}` is missing from the preset directory `{directory}`."
+        )
+    config = load_json(source, CONFIG_FILE)
+    if "registered_name" not in config:
+        raise ValueError(
+            f"`{directory}` is not a Keras preset (its `{CONFIG_FILE}` has no "
+            "`registered_name`; e.g. a transformers checkpoint). Load it with "
+            "`from_preset()` and write a Keras preset with `save_to_preset()` "
+            "before uploading it."
+        )
+    resolve_class(config, _describe(f"`{CONFIG_FILE}`", source))
+    if source.exists(MODEL_WEIGHTS_FILE):
+        name = MODEL_WEIGHTS_FILE
+    elif source.exists(SHARDED_MODEL_WEIGHTS_CONFIG_FILE):
+        name = SHARDED_MODEL_WEIGHTS_CONFIG_FILE
+    else:
+        raise FileNotFoundError(
+            f"The weights file is missing from the preset directory `{directory}`: "
+            f"neither `{MODEL_WEIGHTS_FILE}` nor `{SHARDED_MODEL_WEIGHTS_CONFIG_FILE}`."
+        )
+    what = f"`{name}` of preset `{directory}`"
+    try:
+        # Reads the HDF5 headers only: a truncated or missing shard shows.
+        if not _stored_keras_weights(source.get_file(name), what):
+            raise ValueError(f"{what} holds no weights.")
+    except _READ_ERRORS as e:
+        raise _unreadable(what, e) from e
+    for name in (TASK_CONFIG_FILE, PREPROCESSOR_CONFIG_FILE, TOKENIZER_CONFIG_FILE):
+        if source.exists(name):
+            resolve_class(load_json(source, name), _describe(f"`{name}`", source))
+    if source.exists(METADATA_FILE):
+        load_json(source, METADATA_FILE)
+    return source
+
+
+def _upload_to_kaggle(handle, source):
+    try:
+        import kagglehub
+        from kagglehub.exceptions import KaggleApiHTTPError
+    except ImportError:
+        raise ImportError(
+            "Uploading to Kaggle requires the `kagglehub` package: "
+            "`pip install kagglehub`."
+        ) from None
+    target = f"kaggle://{handle}"
+    try:
+        kagglehub.model_upload(handle, source.directory)
+    except KaggleApiHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise PermissionError(
+                f"Kaggle refused the upload to `{target}` ({status}): set Kaggle "
+                "credentials that may write to this owner (`kagglehub.login()`, "
+                "`KAGGLE_USERNAME`/`KAGGLE_KEY` or ~/.kaggle/kaggle.json)."
+            ) from e
+        raise
+    except Exception as e:
+        if not hub.is_connection_error(e):
+            raise
+        raise ConnectionError(
+            f"Could not reach Kaggle to upload `{source.directory}` to `{target}` "
+            f"({type(e).__name__}: {e}). Uploading needs network access."
+        ) from e
+
+
+def _upload_to_hf(repo_id, source):
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants
+        from huggingface_hub import errors
+    except ImportError:
+        raise ImportError(
+            "Uploading to the Hugging Face Hub requires the `huggingface_hub` "
+            "package: `pip install huggingface_hub`."
+        ) from None
+    target = f"hf://{repo_id}"
+    if hub.hf_offline(constants):
+        raise ConnectionError(
+            f"Cannot upload to `{target}`: Hugging Face offline mode is on "
+            "(`HF_HUB_OFFLINE=1`). Unset it and make sure the Hub is reachable."
+        )
+    try:
+        repo_id = huggingface_hub.create_repo(repo_id, exist_ok=True).repo_id
+        operations = [
+            huggingface_hub.CommitOperationAdd(
+                path_in_repo=path, path_or_fileobj=source.get_file(path)
+            )
+            for path in sorted(source.list_files())
+        ]
+        if README_FILE not in source.list_files() and not huggingface_hub.file_exists(
+            repo_id, README_FILE
+        ):
+            card = _model_card(source, repo_id).encode("utf-8")
+            operations.append(huggingface_hub.CommitOperationAdd(README_FILE, card))
+        huggingface_hub.create_commit(
+            repo_id, operations, commit_message="Upload Keras preset with mistral_hub"
+        )
+    except errors.HFValidationError as e:
+        raise ValueError(f"Invalid Hugging Face repository id `{repo_id}`: {e}") from e
+    except errors.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise PermissionError(
+                f"The Hugging Face Hub refused the upload to `{target}` ({status}): "
+                "log in with a token that can write to it (`hf auth login` or "
+                "`HF_TOKEN`)."
+            ) from e
+        raise
+    except Exception as e:
+        if hub.is_connection_error(e):
+            raise ConnectionError(
+                f"Could not reach the Hugging Face Hub ({constants.ENDPOINT}) to "
+                f"upload `{source.directory}` to `{target}` "
+                f"({type(e).__name__}: {e}). Uploading needs network access."
+            ) from e
+        raise
+
+
+def _model_card(source, repo_id):
+    """A short model card: the Hub shows it and tags the Keras library."""
+    config = load_json(source, CONFIG_FILE)
+    model = config["class_name"].removesuffix("Backbone")
+    lines = ["---", "library_name: keras-hub"]
+    model_class = config["class_name"]
+    if source.exists(TASK_CONFIG_FILE):
+        model_class = resolve_class(load_json(source, TASK_CONFIG_FILE)).__name__
+        if model_class.endswith("CausalLM"):
+            lines.append("pipeline_tag: text-generation")
+    lines += [
+        "---",
+        "",
+        f"A `{model}` model in the Keras preset format, uploaded with mistral_hub. "
+        "It loads on JAX, TensorFlow and PyTorch with mistral_hub or keras_hub:",
+        "",
+        "```python",
+        "import mistral_hub",
+        "",
+        f'model = mistral_hub.models.{model_class}.from_preset("hf://{repo_id}")',
+        "```",
+        "",
+        "Model config:",
+        "",
+    ]
+    lines += [f"* **{key}:** {value}" for key, value in config.get("config", {}).items()]
+    return "\n".join(lines) + "\n"

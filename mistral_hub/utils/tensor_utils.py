@@ -2,6 +2,41 @@ import keras
 from keras import ops
 
 
+def call_layer(layer, *args, **kwargs):
+    """Runs a built layer's forward computation without `Layer.__call__`.
+
+    `Layer.__call__` converts inputs, resolves `training` and masks, opens
+    name and autocast scopes and records graph nodes; on torch this
+    bookkeeping costs more than the math of a decode step's small matrix
+    products. Inside a parent layer's `call()` (inputs already in the
+    compute dtype, `training` passed explicitly) none of it is needed, so
+    this calls `call()` directly, or `quantized_call()` for a quantized
+    layer, which is what `__call__` would dispatch to: LoRA and int8 kernels
+    are used exactly as in a normal call.
+
+    Layers whose variables are read in another dtype than they compute in
+    (mixed precision needs the autocast scope), that are not built yet, or
+    that rematerialize, take the normal `layer(...)` path.
+
+    Args:
+        layer: A `keras.layers.Layer`.
+        *args: Positional arguments of the layer's `call()`.
+        **kwargs: Keyword arguments of the layer's `call()`.
+
+    Returns:
+        What the layer returns.
+    """
+    if (
+        not layer.built
+        or layer.compute_dtype != layer.variable_dtype
+        or getattr(layer, "_remat_mode", None) is not None
+    ):
+        return layer(*args, **kwargs)
+    if layer.quantization_mode is not None:
+        return layer.quantized_call(*args, **kwargs)
+    return layer.call(*args, **kwargs)
+
+
 def update_along_axis(tensor, updates, start, axis):
     """Writes `updates` into `tensor` from index `start` along `axis`.
 
@@ -23,9 +58,10 @@ def update_along_axis(tensor, updates, start, axis):
         import torch
 
         if not torch.is_grad_enabled():
-            length = updates.shape[axis]
-            tensor.narrow(axis, start, length).copy_(updates)
-            return tensor
+            # `index_copy_` takes a tensor `start` as is; `narrow` would read
+            # it back to the host on every call.
+            indices = torch.arange(updates.shape[axis], device=tensor.device) + start
+            return tensor.index_copy_(axis, indices, updates)
     start_indices = [0] * len(tensor.shape)
     start_indices[axis] = start
     return ops.slice_update(tensor, start_indices, updates)

@@ -146,11 +146,19 @@ def test_hf_transformers_checkpoint_from_offline_cache(tmp_path, offline_hf_cach
 
 
 def test_hf_offline_errors(offline_hf_cache, keras_preset):
-    with pytest.raises(FileNotFoundError):
+    # Not cached: say so and how to get the files, instead of reporting the
+    # preset as having no `config.json`.
+    with pytest.raises(ConnectionError) as error:
         MistralBackbone.from_preset("hf://someone/not-cached")
+    message = str(error.value)
+    assert "`config.json` of `hf://someone/not-cached`" in message
+    assert "not in the local Hugging Face cache" in message
+    assert "HF_HUB_OFFLINE=1" in message
+    assert "network access" in message and "local directory" in message
     _, preset = keras_preset
     populate_hf_cache(offline_hf_cache, "someone/tiny", preset)
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    # Cached, but without this file: it may only not have been downloaded.
+    with pytest.raises(FileNotFoundError, match="model.safetensors.*not in the local Hugging Face cache"):
         preset_utils.get_preset_source("hf://someone/tiny").get_file("model.safetensors")
 
 
@@ -287,3 +295,77 @@ def test_builtin_name_resolves_to_kaggle_cache(keras_preset, tmp_path, monkeypat
     populate_kaggle_cache(cache, "keras/mistral/keras/mistral_7b_en/8", preset)
     loaded = MistralBackbone.from_preset("mistral_7b_en")
     np.testing.assert_array_equal(backbone_logits(loaded), backbone_logits(causal_lm.backbone))
+
+
+# --- no network: clear errors, fast ------------------------------------------
+
+
+@pytest.fixture
+def kaggle_unreachable(tmp_path, monkeypatch):
+    """An empty kagglehub cache and a Kaggle API where nothing listens."""
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kaggle_cache"))
+    # kagglesdk's "LOCALHOST" environment is http://localhost (port 80).
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+
+
+def test_builtin_name_offline_says_how_to_get_the_preset(kaggle_unreachable, tmp_path):
+    import time
+
+    start = time.time()
+    with pytest.raises(ConnectionError) as error:
+        MistralBackbone.from_preset("mistral_7b_en")
+    assert time.time() - start < 30
+    message = str(error.value)
+    assert "kaggle://keras/mistral/keras/mistral_7b_en/8" in message
+    assert "downloaded once with network access" in message
+    assert str(tmp_path / "kaggle_cache") in message and "KAGGLEHUB_CACHE" in message
+    assert 'kagglehub.model_download("keras/mistral/keras/mistral_7b_en/8")' in message
+    assert 'from_preset("/path/to/folder")' in message
+
+
+def test_unversioned_kaggle_handle_offline_asks_for_a_version(kaggle_unreachable):
+    with pytest.raises(ConnectionError, match=r"add it \(`kaggle://someone/tiny/keras/tiny/<version>`\)"):
+        MistralBackbone.from_preset("kaggle://someone/tiny/keras/tiny")
+
+
+def test_hf_unreachable_hub_fails_fast_with_a_clear_error(keras_preset, tmp_path):
+    """No connection (not offline mode): cache only, no minute of retries."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, preset = keras_preset
+    cache = tmp_path / "cache"
+    populate_hf_cache(str(cache), "someone/cached", preset)
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        MistralBackbone.from_preset("hf://someone/cached")
+        print("cached: loaded")
+        start = time.time()
+        try:
+            MistralBackbone.from_preset("hf://someone/not-cached")
+        except ConnectionError as e:
+            print("not cached:", e, "| %.1f s" % (time.time() - start))
+        """
+    )
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cached: loaded" in result.stdout
+    line = next(l for l in result.stdout.splitlines() if l.startswith("not cached:"))
+    assert "the Hub could not be reached" in line and "hf download someone/not-cached" in line
+    # hf_hub_download alone retries for about a minute before giving up.
+    assert float(line.rsplit("| ", 1)[1].split()[0]) < 10, line

@@ -137,10 +137,11 @@ def test_tekken_vocabulary_is_detected(tmp_path):
     assert type(MistralTokenizer.from_preset(str(tmp_path))) is MistralTekkenTokenizer
 
 
-def test_tokenizer_json_only_repository_is_reported(tmp_path):
+def test_invalid_tokenizer_json_is_reported(tmp_path):
+    # A valid one loads (tests/utils/test_hf_tokenizer_json.py).
     make_hf_model().config.save_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="tokenizer.model"):
+    with pytest.raises(ValueError, match="`tokenizer.json` of preset .*not a valid"):
         MistralTokenizer.from_preset(str(tmp_path))
 
 

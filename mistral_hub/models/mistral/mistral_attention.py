@@ -5,6 +5,7 @@ from keras import ops
 
 from mistral_hub.models.mistral.mistral_rotary_embedding import apply_rotary_embedding
 from mistral_hub.models.mistral.mistral_rotary_embedding import rotary_cos_sin
+from mistral_hub.utils.tensor_utils import call_layer
 from mistral_hub.utils.tensor_utils import update_along_axis
 
 # Masked scores are set to a large finite value rather than -inf so that a
@@ -19,9 +20,11 @@ class CachedMistralAttention(keras.layers.Layer):
 
     Query heads are grouped by the key/value head they share (query head `u`
     reads key/value head `u // (num_query_heads // num_key_value_heads)`, the
-    same mapping as transformers' `repeat_kv`), and scores are computed per
-    group with one einsum, so the shared keys and values are never repeated
-    in memory.
+    same mapping as transformers' `repeat_kv`). Many queries (a prompt or a
+    prefill chunk) go through `keras.ops.dot_product_attention` on JAX and
+    torch, a fused kernel there; a single query (a decode step), and every
+    call on TensorFlow, compute scores per group with one einsum, so the
+    cached keys and values are never repeated in memory.
 
     The cache for one layer is a tensor of shape
     `(batch, 2, cache_length, num_key_value_heads, head_dim)` holding rotated
@@ -97,11 +100,25 @@ class CachedMistralAttention(keras.layers.Layer):
         self._dropout_layer = keras.layers.Dropout(
             rate=self._dropout, dtype=self.dtype_policy
         )
+        # Same kernel layout (heads, head_dim, hidden) as keras_hub's
+        # "bquh,uhm->bqm", but with the contracted letters in alphabetical
+        # order: JAX's and torch's einsum contract in that order and would
+        # otherwise transpose (copy) the whole kernel on every call.
         self._output_dense = projection(
-            "bquh,uhm->bqm", (None, hidden_dim), "attention_output"
+            "bqah,ahm->bqm", (None, hidden_dim), "attention_output"
         )
         self._output_dense.build((None, None, self._num_query_heads, self._head_dim))
         self.built = True
+
+    def rotary_embedding(self, positions):
+        """RoPE tables for `positions` (`(T,)` or `(batch, T)`), see `call()`."""
+        return rotary_cos_sin(
+            positions,
+            self._head_dim,
+            self._rope_max_wavelength,
+            self._rope_scaling_factor,
+            self.compute_dtype,
+        )
 
     def call(
         self,
@@ -110,6 +127,7 @@ class CachedMistralAttention(keras.layers.Layer):
         cache=None,
         cache_update_index=None,
         training=None,
+        rotary_embedding=None,
     ):
         """Attends over the current tokens, or over the cache when given.
 
@@ -124,27 +142,31 @@ class CachedMistralAttention(keras.layers.Layer):
                 `T` slots written must not wrap around the end of the cache.
                 With a cache and no index the cache is only read.
             training: bool, enables dropout.
+            rotary_embedding: optional `(cos, sin)` from
+                `rotary_embedding(positions)` for the positions of
+                `hidden_states`; computed from `cache_update_index` when
+                omitted. A decoding model computes them once for all layers.
 
         Returns:
             The attention output, and the updated cache if one was given.
         """
-        start_index = 0 if cache_update_index is None else cache_update_index
-        sequence_length = ops.shape(hidden_states)[1]
-        positions = ops.arange(sequence_length, dtype="int32") + start_index
-        cos, sin = rotary_cos_sin(
-            positions,
-            self._head_dim,
-            self._rope_max_wavelength,
-            self._rope_scaling_factor,
-            self.compute_dtype,
+        if rotary_embedding is None:
+            start_index = 0 if cache_update_index is None else cache_update_index
+            sequence_length = ops.shape(hidden_states)[1]
+            positions = ops.arange(sequence_length, dtype="int32") + start_index
+            rotary_embedding = self.rotary_embedding(positions)
+        cos, sin = rotary_embedding
+        query = apply_rotary_embedding(
+            call_layer(self._query_dense, hidden_states), cos, sin
         )
-        query = apply_rotary_embedding(self._query_dense(hidden_states), cos, sin)
 
         if cache is not None and cache_update_index is None:
             key, value = cache[:, 0], cache[:, 1]
         else:
-            key = apply_rotary_embedding(self._key_dense(hidden_states), cos, sin)
-            value = self._value_dense(hidden_states)
+            key = apply_rotary_embedding(
+                call_layer(self._key_dense, hidden_states), cos, sin
+            )
+            value = call_layer(self._value_dense, hidden_states)
             if cache is not None:
                 cache_length = ops.shape(cache)[2]
                 new_entries = ops.stack((key, value), axis=1)
@@ -153,13 +175,33 @@ class CachedMistralAttention(keras.layers.Layer):
                 key, value = cache[:, 0], cache[:, 1]
 
         attention_output = self._attend(query, key, value, attention_mask, training)
-        attention_output = self._output_dense(attention_output)
+        attention_output = call_layer(self._output_dense, attention_output)
         if cache is not None:
             return attention_output, cache
         return attention_output
 
+    def _use_fused_attention(self, query_length, training):
+        # `ops.dot_product_attention` is a fused kernel on torch (SDPA) and
+        # lets XLA pick its attention implementation on JAX; both beat the
+        # einsum path on many queries (prefill). TensorFlow's version is the
+        # einsum path with the keys and values repeated per query head. One
+        # query (decoding) is fastest as the grouped einsum, which never
+        # repeats the cached keys and values.
+        return (
+            keras.config.backend() in ("jax", "torch")
+            and query_length != 1
+            and not (training and self._dropout > 0)
+        )
+
     def _attend(self, query, key, value, attention_mask, training):
         batch_size, query_length = ops.shape(query)[0], ops.shape(query)[1]
+        if self._use_fused_attention(query_length, training):
+            mask = None
+            if attention_mask is not None:
+                mask = ops.cast(attention_mask, "bool")[:, None, :, :]
+            return ops.dot_product_attention(
+                query, key, value, mask=mask, scale=self._inv_norm_factor
+            )
         grouped_query = ops.reshape(
             query,
             (
@@ -177,7 +219,9 @@ class CachedMistralAttention(keras.layers.Layer):
             scores = ops.where(allowed, scores, _MASKED_SCORE)
         probabilities = ops.softmax(scores, axis=-1)
         probabilities = ops.cast(probabilities, self.compute_dtype)
-        probabilities = self._dropout_layer(probabilities, training=training)
+        probabilities = call_layer(
+            self._dropout_layer, probabilities, training=bool(training)
+        )
         output = ops.einsum("bkgqs,bskd->bqkgd", probabilities, value)
         return ops.reshape(
             output,

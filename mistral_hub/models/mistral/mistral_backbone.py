@@ -1,24 +1,18 @@
+import inspect
+
 import keras
 
+from mistral_hub.layers.reversible_embedding import ReversibleEmbedding
 from mistral_hub.models.backbone import Backbone
 from mistral_hub.models.mistral.mistral_layer_norm import MistralLayerNormalization
 from mistral_hub.models.mistral.mistral_transformer_decoder import (
     MistralTransformerDecoder,
 )
+from mistral_hub.utils import validation
 
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive int. Received: {name}={value!r}"
-        )
-
-
-def _check_positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive number. Received: {name}={value!r}"
-        )
+# Keyword arguments `**kwargs` passes on to `keras.Model`; Keras' functional
+# constructor silently drops any other, so a misspelled argument is refused.
+_MODEL_KWARGS = ("name", "trainable")
 
 
 def _validate_inputs(inputs):
@@ -57,7 +51,7 @@ class MistralBackbone(Backbone):
     Token embedding, `num_layers` pre-norm decoder blocks (grouped-query
     attention with rotary embeddings and an optional sliding window, SwiGLU
     MLP) and a final RMSNorm. The output projection lives in
-    `token_embedding` (an untied `keras.layers.ReversibleEmbedding`), so
+    `token_embedding` (an untied `ReversibleEmbedding`), so
     `backbone.token_embedding(hidden, reverse=True)` gives logits.
 
     The constructor matches `keras_hub.models.MistralBackbone`, and layer and
@@ -83,6 +77,12 @@ class MistralBackbone(Backbone):
         dtype: None, a dtype name (e.g. `"bfloat16"`, `"mixed_bfloat16"`) or a
             `keras.DTypePolicy` for the computations and weights.
         **kwargs: `name` and `trainable`.
+
+    Sizes must be positive ints (numpy ints are accepted), the RoPE values
+    and the epsilon finite numbers above 0, `dropout` in `[0, 1)`: anything
+    else raises a `ValueError` naming the argument, before any layer is
+    built. Any other keyword argument (e.g. a misspelled `sliding_windw`) is
+    a `TypeError`.
 
     Example:
     >>> import numpy as np
@@ -116,24 +116,41 @@ class MistralBackbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        for name, value in [
-            ("vocabulary_size", vocabulary_size),
-            ("num_layers", num_layers),
-            ("num_query_heads", num_query_heads),
-            ("hidden_dim", hidden_dim),
-            ("intermediate_dim", intermediate_dim),
-            ("num_key_value_heads", num_key_value_heads),
-        ]:
-            _check_positive_int(name, value)
+        validation.check_known_kwargs(
+            type(self).__name__,
+            kwargs,
+            {*_MODEL_KWARGS, *inspect.signature(MistralBackbone.__init__).parameters}
+            - {"self", "kwargs"},
+        )
+        vocabulary_size = validation.check_positive_int("vocabulary_size", vocabulary_size)
+        num_layers = validation.check_positive_int("num_layers", num_layers)
+        num_query_heads = validation.check_positive_int("num_query_heads", num_query_heads)
+        hidden_dim = validation.check_positive_int("hidden_dim", hidden_dim)
+        intermediate_dim = validation.check_positive_int("intermediate_dim", intermediate_dim)
+        num_key_value_heads = validation.check_positive_int(
+            "num_key_value_heads", num_key_value_heads
+        )
+        head_dim = validation.check_positive_int("head_dim", head_dim, allow_none=True)
+        sliding_window = validation.check_positive_int(
+            "sliding_window", sliding_window, allow_none=True
+        )
+        rope_max_wavelength = validation.check_positive_float(
+            "rope_max_wavelength", rope_max_wavelength
+        )
+        rope_scaling_factor = validation.check_positive_float(
+            "rope_scaling_factor", rope_scaling_factor
+        )
+        layer_norm_epsilon = validation.check_positive_float(
+            "layer_norm_epsilon", layer_norm_epsilon
+        )
+        dropout = validation.check_finite_float("dropout", dropout, 0, 1, include_high=False)
         if num_query_heads % num_key_value_heads != 0:
             raise ValueError(
                 "`num_query_heads` must be divisible by `num_key_value_heads`. "
                 f"Received: num_query_heads={num_query_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
-        if head_dim is not None:
-            _check_positive_int("head_dim", head_dim)
-        elif hidden_dim % num_query_heads != 0:
+        if head_dim is None and hidden_dim % num_query_heads != 0:
             raise ValueError(
                 "Without `head_dim`, `hidden_dim` must be divisible by "
                 f"`num_query_heads`. Received: hidden_dim={hidden_dim}, "
@@ -146,16 +163,9 @@ class MistralBackbone(Backbone):
                 f"resolves to {resolved_head_dim} (head_dim={head_dim}, "
                 f"hidden_dim={hidden_dim}, num_query_heads={num_query_heads})."
             )
-        if sliding_window is not None:
-            _check_positive_int("sliding_window", sliding_window)
-        _check_positive_number("rope_max_wavelength", rope_max_wavelength)
-        _check_positive_number("rope_scaling_factor", rope_scaling_factor)
-        _check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
 
         # === Layers ===
-        self.token_embedding = keras.layers.ReversibleEmbedding(
+        self.token_embedding = ReversibleEmbedding(
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=False,
@@ -246,3 +256,142 @@ class MistralBackbone(Backbone):
             }
         )
         return config
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """Returns a `keras.distribution.LayoutMap` that shards the weights.
+
+        Megatron-style tensor parallelism on the model axis: attention is
+        split by heads (query/key/value kernels on their head axis, the
+        output projection on its input heads), the MLP by its intermediate
+        units (gate/up on their output, down on its input), and the
+        embeddings by vocabulary, so each device computes its own heads and
+        units and only the attention and MLP outputs are summed across the
+        model axis. On the data axis, every sharded weight is also split
+        along its other large dimension (hidden size, or head size for the
+        attention output), FSDP-style, so the replicas of a data-parallel
+        mesh share the weight memory as well. Norm scales are replicated.
+
+        The same entries cover LoRA adapters (`lora_kernel_a` is split like
+        the kernel's input axes, `lora_kernel_b` like its output axis) and
+        quantized kernels (`int8`, `float8`, and `int4`, which Keras stores
+        as a 2-D packed array under the same path, which is why every entry
+        names leading axes only). Quantization scales, zero points and
+        float8 histories are small and stay replicated.
+
+        Each sharded dimension must be divisible by its mesh axis: the
+        model axis must divide `num_key_value_heads`, `num_query_heads`,
+        `intermediate_dim` and `vocabulary_size`; the data axis must divide
+        `hidden_dim` and the head size. For Mistral 7B (8 key/value heads)
+        the model axis can have 1, 2, 4 or 8 devices.
+
+        Use with `keras.distribution.ModelParallel` (set before the model is
+        built, so that each weight is created on its devices);
+        `keras.distribution.DataParallel` needs no layout map. `fit()` and
+        `generate()` run under both. Only the JAX backend implements the
+        Keras distribution API.
+
+        Several hosts run the same script: call
+        `keras.distribution.initialize()` first on every host (with
+        `KERAS_DISTRIBUTION_JOB_ADDRESSES` set to the coordinator's
+        `host:port`, `KERAS_DISTRIBUTION_NUM_PROCESSES` and
+        `KERAS_DISTRIBUTION_PROCESS_ID`, or the matching arguments), then
+        build the mesh from `keras.distribution.list_devices()`, which
+        lists the devices of all hosts. Each host feeds its own slice of
+        every batch: pass a `tf.data.Dataset` to shard it automatically, or
+        `auto_shard_dataset=False` and per-host arrays. See
+        `examples/model_parallel.py`.
+
+        Args:
+            device_mesh: `keras.distribution.DeviceMesh`. Must have both
+                axes named below.
+            model_parallel_dim_name: str. The mesh axis that splits heads,
+                MLP units and the vocabulary.
+            data_parallel_dim_name: str. The mesh axis the batch is split
+                on (the `batch_dim_name` of `ModelParallel`).
+
+        Returns:
+            A `keras.distribution.LayoutMap`.
+
+        Raises:
+            TypeError: if `device_mesh` is not a `DeviceMesh`.
+            ValueError: if an axis name is not in the mesh, or both name the
+                same axis.
+
+        Example:
+        >>> import keras
+        >>> devices = keras.distribution.list_devices()
+        >>> mesh = keras.distribution.DeviceMesh(
+        ...     (1, len(devices)), ("batch", "model"), devices)
+        >>> layout_map = MistralBackbone.get_layout_map(mesh)
+        >>> layout_map["transformer_layer_0/self_attention/query/kernel"].axes
+        ('batch', 'model')
+        >>> distribution = keras.distribution.ModelParallel(
+        ...     layout_map=layout_map, batch_dim_name="batch")
+        >>> with distribution.scope():
+        ...     backbone = MistralBackbone(vocabulary_size=64, num_layers=1,
+        ...         num_query_heads=4, hidden_dim=16, intermediate_dim=32,
+        ...         num_key_value_heads=2)
+        """
+        if not isinstance(device_mesh, keras.distribution.DeviceMesh):
+            raise TypeError(
+                "`device_mesh` must be a `keras.distribution.DeviceMesh`. "
+                f"Received: device_mesh={device_mesh!r} "
+                f"(of type {type(device_mesh).__name__})"
+            )
+        for argument, name in (
+            ("model_parallel_dim_name", model_parallel_dim_name),
+            ("data_parallel_dim_name", data_parallel_dim_name),
+        ):
+            if name not in device_mesh.axis_names:
+                raise ValueError(
+                    f"`{argument}` must be one of the mesh axis names "
+                    f"{list(device_mesh.axis_names)}. Received: {argument}={name!r}"
+                )
+        if model_parallel_dim_name == data_parallel_dim_name:
+            raise ValueError(
+                "`model_parallel_dim_name` and `data_parallel_dim_name` must "
+                f"name different mesh axes. Both are {model_parallel_dim_name!r}."
+            )
+        model, data = model_parallel_dim_name, data_parallel_dim_name
+        layout_map = keras.distribution.LayoutMap(device_mesh)
+        # (vocabulary, hidden) and (hidden, vocabulary): the logits come out
+        # split by vocabulary on the model axis.
+        layout_map["token_embedding/embeddings"] = (model, data)
+        layout_map["token_embedding/reverse_embeddings"] = (data, model)
+        block = r"transformer_layer_\d+"
+        kernels = {
+            # (hidden, heads, head_dim)
+            rf"{block}/self_attention/(query|key|value)": (data, model, None),
+            # (heads, head_dim, hidden)
+            rf"{block}/self_attention/attention_output": (model, data, None),
+            # (hidden, intermediate)
+            rf"{block}/feedforward_(intermediate|gate)_dense": (data, model),
+            # (intermediate, hidden)
+            rf"{block}/feedforward_output_dense": (model, data),
+        }
+        for layer, axes in kernels.items():
+            # `lora_kernel_a` has the kernel's input axes then the rank,
+            # `lora_kernel_b` the rank then the kernel's last axis.
+            for variable, variable_axes in (
+                ("kernel", axes),
+                ("lora_kernel_a", axes[:-1]),
+                ("lora_kernel_b", (None, axes[-1])),
+            ):
+                variable_axes = _leading_axes(variable_axes)
+                if variable_axes:
+                    layout_map[f"{layer}/{variable}"] = variable_axes
+        return layout_map
+
+
+def _leading_axes(axes):
+    # JAX replicates the axes a spec leaves out; writing only up to the last
+    # sharded axis lets one entry fit the float kernel and its 2-D int4 form.
+    axes = tuple(axes)
+    while axes and axes[-1] is None:
+        axes = axes[:-1]
+    return axes

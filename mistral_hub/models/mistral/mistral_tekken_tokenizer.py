@@ -14,6 +14,7 @@ import os
 import keras
 
 from mistral_hub.models.mistral import mistral_chat_template
+from mistral_hub.models.mistral import mistral_tool_calls
 from mistral_hub.tokenizers.tokenizer import Tokenizer
 from mistral_hub.tokenizers.tokenizer import _is_id
 
@@ -422,19 +423,28 @@ class MistralTekkenTokenizer(Tokenizer):
         return [self._model.decode(seq) for seq in ids]
 
     def apply_chat_template(
-        self, messages, add_generation_prompt=True, tokenize=True
+        self, messages, add_generation_prompt=True, tokenize=True, tools=None
     ):
         """Encodes a conversation as a Mistral instruct prompt.
 
-        Matches `mistral_common`'s `encode_chat_completion(...).tokens`; see
-        `MistralTokenizer.apply_chat_template()` for the arguments. With
+        Matches `mistral_common`'s `encode_chat_completion(...).tokens`,
+        function calling (`tools`, tool calls and tool results) included;
+        see `MistralTokenizer.apply_chat_template()` for the arguments. With
         `tokenize=False` the prompt reads e.g. `"<s>[INST]Hello[/INST]"`.
         """
         self._check_vocabulary()
         chat_template = self.chat_template or self._default_chat_template()
         return mistral_chat_template.apply_chat_template(
-            self, messages, chat_template, add_generation_prompt, tokenize
+            self, messages, chat_template, add_generation_prompt, tokenize, tools
         )
+
+    def parse_reply(self, token_ids):
+        """Reads a generated reply: its text and its `[TOOL_CALLS]`.
+
+        See `MistralTokenizer.parse_reply()`.
+        """
+        self._check_vocabulary()
+        return mistral_tool_calls.parse_reply(self, token_ids)
 
     def _default_chat_template(self):
         version = self._model.version or mistral_chat_template.infer_chat_template(

@@ -3,6 +3,7 @@
 import keras
 
 from mistral_hub.models.mistral import mistral_chat_template
+from mistral_hub.models.mistral import mistral_tool_calls
 from mistral_hub.tokenizers.sentence_piece_tokenizer import (
     SentencePieceTokenizer,
 )
@@ -73,7 +74,7 @@ class MistralTokenizer(SentencePieceTokenizer):
         return " " if first_piece.startswith("\u2581") else ""
 
     def apply_chat_template(
-        self, messages, add_generation_prompt=True, tokenize=True
+        self, messages, add_generation_prompt=True, tokenize=True, tools=None
     ):
         """Encodes a conversation as a Mistral instruct prompt.
 
@@ -81,17 +82,25 @@ class MistralTokenizer(SentencePieceTokenizer):
         Consecutive messages of one role are joined with a blank line.
 
         Args:
-            messages: list of `{"role": "system" | "user" | "assistant",
-                "content": str}`. System messages come first; then the
-                conversation starts with a user message.
+            messages: list of OpenAI-style messages: `{"role": "system" |
+                "user" | "assistant", "content": str}`, assistant messages
+                with `"tool_calls"` (`[{"id": <9 letters or digits>,
+                "type": "function", "function": {"name": ..., "arguments":
+                <JSON str or dict>}}]`) and tool results `{"role": "tool",
+                "tool_call_id": ..., "content": str}`. System messages come
+                first; then the conversation starts with a user message.
             add_generation_prompt: bool. If True (for generation) the last
-                message must be a user message. If False, the conversation
-                may end with an assistant message, closed with `</s>` (a
-                training example).
+                message must be a user or tool message. If False, the
+                conversation may end with an assistant message, closed with
+                `</s>` (a training example).
             tokenize: bool. If False, return the prompt as a string with
                 the control tokens spelled out, e.g. `"<s>[INST] Hello[/INST]"`
                 (for reading only: control tokens are never re-created from
                 text).
+            tools: None or a list of OpenAI-style tool definitions
+                (`{"type": "function", "function": {"name": ...,
+                "description": ..., "parameters": <JSON schema>}}`) the
+                model may call; needs the v3, v7 or Tekken convention.
 
         Returns:
             A `list[int]` of token ids, or a `str` if `tokenize=False`.
@@ -107,8 +116,25 @@ class MistralTokenizer(SentencePieceTokenizer):
             )
         )
         return mistral_chat_template.apply_chat_template(
-            self, messages, chat_template, add_generation_prompt, tokenize
+            self, messages, chat_template, add_generation_prompt, tokenize, tools
         )
+
+    def parse_reply(self, token_ids):
+        """Reads a generated reply: its text and its `[TOOL_CALLS]`.
+
+        Args:
+            token_ids: the generated ids, without the prompt.
+
+        Returns:
+            An OpenAI-style assistant message `{"role": "assistant",
+            "content": str or None, "tool_calls": list or None}`, ready to
+            be appended to the conversation.
+
+        Raises:
+            ValueError: if the tool calls are not valid JSON.
+        """
+        self._check_vocabulary()
+        return mistral_tool_calls.parse_reply(self, token_ids)
 
     def get_config(self):
         config = super().get_config()

@@ -3,10 +3,16 @@ from keras import ops
 
 from mistral_hub.models.mistral.mistral_attention import CachedMistralAttention
 from mistral_hub.models.mistral.mistral_layer_norm import MistralLayerNormalization
+from mistral_hub.utils.tensor_utils import call_layer
 
 
 def compute_attention_mask(
-    query_length, key_length, start_index=0, sliding_window=None, padding_mask=None
+    query_length,
+    key_length,
+    start_index=0,
+    sliding_window=None,
+    padding_mask=None,
+    sequence_starts=None,
 ):
     """Causal, sliding-window and padding mask for (possibly cached) attention.
 
@@ -23,6 +29,9 @@ def compute_attention_mask(
         start_index: int or 0-d tensor, position of the first query.
         sliding_window: optional int window size.
         padding_mask: optional `(batch, key_length)` mask of valid keys.
+        sequence_starts: optional `(batch,)` int tensor: in row `b`,
+            positions before `sequence_starts[b]` are left padding and are
+            never attended to.
 
     Returns:
         A bool mask of shape `(batch or 1, T, key_length)`.
@@ -39,6 +48,9 @@ def compute_attention_mask(
             allowed, query_positions - key_positions < sliding_window
         )
     allowed = allowed[None, :, :]
+    if sequence_starts is not None:
+        keys_valid = key_positions >= ops.cast(sequence_starts, "int32")[:, None, None]
+        allowed = ops.logical_and(allowed, keys_valid)
     if padding_mask is not None:
         keys_valid = ops.cast(padding_mask, "bool")[:, None, :]
         allowed = ops.logical_and(allowed, keys_valid)
@@ -161,6 +173,7 @@ class MistralTransformerDecoder(keras.layers.Layer):
         self_attention_cache=None,
         self_attention_cache_update_index=None,
         training=None,
+        rotary_embedding=None,
     ):
         """Runs the block.
 
@@ -174,6 +187,10 @@ class MistralTransformerDecoder(keras.layers.Layer):
             self_attention_cache_update_index: absolute position of the first
                 token of `decoder_sequence`.
             training: bool, enables dropout.
+            rotary_embedding: optional `(cos, sin)` RoPE tables of the
+                positions of `decoder_sequence` (see
+                `CachedMistralAttention.rotary_embedding`), so that a model
+                computes them once for all its blocks.
 
         Returns:
             The block output, and the updated cache if one was given.
@@ -196,24 +213,26 @@ class MistralTransformerDecoder(keras.layers.Layer):
             )
 
         residual = decoder_sequence
-        x = self._self_attention_layernorm(decoder_sequence)
-        x = self._self_attention_layer(
+        x = call_layer(self._self_attention_layernorm, decoder_sequence)
+        x = call_layer(
+            self._self_attention_layer,
             x,
             attention_mask=attention_mask,
             cache=self_attention_cache,
             cache_update_index=self_attention_cache_update_index,
             training=training,
+            rotary_embedding=rotary_embedding,
         )
         if self_attention_cache is not None:
             x, self_attention_cache = x
         x = residual + x
 
         residual = x
-        x = self._feedforward_layernorm(x)
-        gate = self._feedforward_gate_dense(x)
+        x = call_layer(self._feedforward_layernorm, x)
+        gate = call_layer(self._feedforward_gate_dense, x)
         gate = ops.cast(self.activation(ops.cast(gate, "float32")), self.compute_dtype)
-        x = self._feedforward_output_dense(self._feedforward_intermediate_dense(x) * gate)
-        x = residual + x
+        x = call_layer(self._feedforward_intermediate_dense, x) * gate
+        x = residual + call_layer(self._feedforward_output_dense, x)
 
         if self_attention_cache is not None:
             return x, self_attention_cache

@@ -2,21 +2,46 @@
 
 import numpy as np
 
+from mistral_hub.utils import validation
+
 _SUPPORTED_ACTIVATIONS = ("silu", "swish")
+# Checkpoint dtypes that load into float weights (others are refused).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def backbone_kwargs_from_hf_config(config):
+def _config_error(what, message):
+    return ValueError(f"{what}: {message}")
+
+
+def _required(config, key):
+    if key not in config:
+        raise ValueError(f"the required key `{key}` is missing.")
+    return config[key]
+
+
+def backbone_kwargs_from_hf_config(config, what="the transformers config"):
     """Maps a transformers Mistral `config.json` dict to backbone kwargs.
+
+    Every value the backbone uses is validated under its transformers name:
+    sizes must be positive ints, `rms_norm_eps`, `rope_theta` and the RoPE
+    factor finite numbers above 0, `attention_dropout` in `[0, 1)`.
 
     Args:
         config: dict parsed from a transformers `config.json`.
+        what: str. How to name the config in error messages.
 
     Returns:
         A dict of `MistralBackbone` constructor arguments.
 
     Raises:
-        ValueError: if the config is not a Mistral config or uses features
-            the backbone does not implement.
+        ValueError: naming the key, for a missing or invalid value, a
+            non-Mistral config, or features the backbone does not implement.
+
+    Example:
+    >>> backbone_kwargs_from_hf_config({"model_type": "mistral",
+    ...     "vocab_size": 100, "num_hidden_layers": 2, "hidden_size": 32,
+    ...     "intermediate_size": 64, "num_attention_heads": 4})["num_key_value_heads"]
+    4
     """
     model_type = config.get("model_type")
     if model_type != "mistral":
@@ -29,6 +54,9 @@ def backbone_kwargs_from_hf_config(config):
         raise ValueError(
             f"Only the SiLU MLP activation is supported. Received: hidden_act={activation!r}"
         )
+    for key in ("rope_parameters", "rope_scaling"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise _config_error(what, f"`{key}` must be an object. Received: {config[key]!r}")
     rope_parameters = config.get("rope_parameters") or {}
     rope_scaling = config.get("rope_scaling") or rope_parameters
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
@@ -37,24 +65,86 @@ def backbone_kwargs_from_hf_config(config):
             "Only default and linear RoPE scaling are supported. "
             f"Received: rope_type={rope_type!r}"
         )
-    scaling_factor = rope_scaling.get("factor", 1.0) if rope_type == "linear" else 1.0
-    rope_theta = rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0))
-    return {
-        "vocabulary_size": config["vocab_size"],
-        "num_layers": config["num_hidden_layers"],
-        "num_query_heads": config["num_attention_heads"],
-        "hidden_dim": config["hidden_size"],
-        "intermediate_dim": config["intermediate_size"],
-        "num_key_value_heads": config.get(
-            "num_key_value_heads", config["num_attention_heads"]
-        ),
-        "rope_max_wavelength": rope_theta,
-        "rope_scaling_factor": float(scaling_factor),
-        "layer_norm_epsilon": config.get("rms_norm_eps", 1e-6),
-        "sliding_window": config.get("sliding_window"),
-        "head_dim": config.get("head_dim"),
-        "dropout": config.get("attention_dropout", 0.0),
-    }
+    try:
+        scaling_factor = 1.0
+        if rope_type == "linear":
+            scaling_factor = validation.check_positive_float(
+                "factor", _required(rope_scaling, "factor")
+            )
+        heads = validation.check_positive_int(
+            "num_attention_heads", _required(config, "num_attention_heads")
+        )
+        # transformers defaults a missing or null `num_key_value_heads` to
+        # the number of query heads (multi-head attention).
+        kv_heads = config.get("num_key_value_heads")
+        return {
+            "vocabulary_size": validation.check_positive_int(
+                "vocab_size", _required(config, "vocab_size")
+            ),
+            "num_layers": validation.check_positive_int(
+                "num_hidden_layers", _required(config, "num_hidden_layers")
+            ),
+            "num_query_heads": heads,
+            "hidden_dim": validation.check_positive_int(
+                "hidden_size", _required(config, "hidden_size")
+            ),
+            "intermediate_dim": validation.check_positive_int(
+                "intermediate_size", _required(config, "intermediate_size")
+            ),
+            "num_key_value_heads": heads
+            if kv_heads is None
+            else validation.check_positive_int("num_key_value_heads", kv_heads),
+            "rope_max_wavelength": validation.check_positive_float(
+                "rope_theta", rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0))
+            ),
+            "rope_scaling_factor": float(scaling_factor),
+            "layer_norm_epsilon": validation.check_positive_float(
+                "rms_norm_eps", config.get("rms_norm_eps", 1e-6)
+            ),
+            "sliding_window": validation.check_positive_int(
+                "sliding_window", config.get("sliding_window"), allow_none=True
+            ),
+            "head_dim": validation.check_positive_int(
+                "head_dim", config.get("head_dim"), allow_none=True
+            ),
+            "dropout": validation.check_finite_float(
+                "attention_dropout", config.get("attention_dropout", 0.0), 0, 1,
+                include_high=False,
+            ),
+        }
+    except ValueError as e:
+        raise _config_error(what, str(e)) from None
+
+
+# `MistralBackbone` arguments and the transformers `config.json` keys they
+# come from, to name the key a user has to fix.
+HF_CONFIG_KEYS = {
+    "vocabulary_size": "vocab_size",
+    "num_layers": "num_hidden_layers",
+    "num_query_heads": "num_attention_heads",
+    "hidden_dim": "hidden_size",
+    "intermediate_dim": "intermediate_size",
+    "num_key_value_heads": "num_key_value_heads",
+    "rope_max_wavelength": "rope_theta",
+    "layer_norm_epsilon": "rms_norm_eps",
+    "sliding_window": "sliding_window",
+    "head_dim": "head_dim",
+    "dropout": "attention_dropout",
+}
+
+
+def hf_tie_word_embeddings(config, what="the transformers config"):
+    """`tie_word_embeddings` of a transformers config (False when absent).
+
+    Raises:
+        ValueError: unless it is a JSON bool (`"no"` or 0 are refused).
+    """
+    try:
+        return validation.check_bool(
+            "tie_word_embeddings", config.get("tie_word_embeddings", False)
+        )
+    except ValueError as e:
+        raise _config_error(what, str(e)) from None
 
 
 def hf_weight_map(backbone):
@@ -126,21 +216,26 @@ def load_hf_weights(backbone, get_tensor, has_tensor, tie_word_embeddings=False)
         backbone: a `MistralBackbone`.
         get_tensor: callable `name -> np.ndarray`.
         has_tensor: callable `name -> bool`.
-        tie_word_embeddings: bool. When True (or when `lm_head.weight` is
-            absent), the output projection reuses the input embedding.
+        tie_word_embeddings: bool. When True the output projection reuses
+            the input embedding; when False `lm_head.weight` must be given.
 
     Raises:
-        ValueError: on a missing tensor or a shape mismatch, naming both.
+        ValueError: on a missing tensor, a shape mismatch or an integer
+            tensor for a float weight, naming the tensor.
     """
     for hf_name, variable, to_keras, _ in hf_weight_map(backbone):
         source = hf_name
-        if hf_name == "lm_head.weight" and (
-            tie_word_embeddings or not has_tensor(hf_name)
-        ):
+        if hf_name == "lm_head.weight" and tie_word_embeddings:
             source = "model.embed_tokens.weight"
         if not has_tensor(source):
             raise ValueError(f"The checkpoint has no tensor named `{source}`.")
-        value = to_keras(get_tensor(source))
+        value = np.asarray(get_tensor(source))
+        if value.dtype.name not in FLOAT_DTYPES:
+            raise ValueError(
+                f"Tensor `{source}` has dtype {value.dtype.name}, but `{variable.path}` "
+                "holds floats; integer weights are not cast."
+            )
+        value = to_keras(value)
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
                 f"Shape mismatch for `{source}` -> `{variable.path}`: checkpoint "
@@ -224,20 +319,34 @@ _UNSUPPORTED_PARAMS = {
 }
 
 
-def backbone_kwargs_from_mistral_params(params):
+def _params_int(params, key, default=None, allow_none=False):
+    value = params.get(key, default)
+    # Some params.json files write numbers as strings ("4096").
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value is None and not allow_none:
+        raise ValueError(f"the required key `{key}` is missing.")
+    return validation.check_positive_int(key, value, allow_none=allow_none)
+
+
+def backbone_kwargs_from_mistral_params(params, what="params.json"):
     """Maps a mistral-inference `params.json` dict to backbone kwargs.
+
+    Sizes must be positive ints (or strings of digits, which some files
+    hold), `norm_eps` and `rope_theta` finite numbers above 0.
 
     Args:
         params: dict parsed from `params.json` (`dim`, `n_layers`,
             `head_dim`, `hidden_dim`, `n_heads`, `n_kv_heads`, `norm_eps`,
             `vocab_size`, `rope_theta`, `sliding_window`).
+        what: str. How to name the file in error messages.
 
     Returns:
         A dict of `MistralBackbone` constructor arguments.
 
     Raises:
-        ValueError: for missing keys or architectures the backbone does not
-            implement.
+        ValueError: naming the key, for missing or invalid values, or
+            architectures the backbone does not implement.
 
     Example:
     >>> backbone_kwargs_from_mistral_params({"dim": 32, "n_layers": 2,
@@ -251,31 +360,65 @@ def backbone_kwargs_from_mistral_params(params):
                 f"This Mistral checkpoint uses {feature} (`{key}` in "
                 "params.json), which `MistralBackbone` does not implement."
             )
+    sliding_window = params.get("sliding_window")
+    if isinstance(sliding_window, (list, tuple)):
+        if len(set(sliding_window)) != 1:
+            raise ValueError(
+                "Per-layer sliding windows are not supported. Received: "
+                f"sliding_window={sliding_window!r}"
+            )
+        sliding_window = sliding_window[0]
     try:
-        sliding_window = params.get("sliding_window")
-        if isinstance(sliding_window, (list, tuple)):
-            if len(set(sliding_window)) != 1:
-                raise ValueError(
-                    "Per-layer sliding windows are not supported. Received: "
-                    f"sliding_window={sliding_window!r}"
-                )
-            sliding_window = sliding_window[0]
+        heads = _params_int(params, "n_heads")
         return {
-            "vocabulary_size": int(params["vocab_size"]),
-            "num_layers": int(params["n_layers"]),
-            "num_query_heads": int(params["n_heads"]),
-            "hidden_dim": int(params["dim"]),
-            "intermediate_dim": int(params["hidden_dim"]),
-            "num_key_value_heads": int(params.get("n_kv_heads") or params["n_heads"]),
-            "rope_max_wavelength": float(params.get("rope_theta", 10000.0)),
+            "vocabulary_size": _params_int(params, "vocab_size"),
+            "num_layers": _params_int(params, "n_layers"),
+            "num_query_heads": heads,
+            "hidden_dim": _params_int(params, "dim"),
+            "intermediate_dim": _params_int(params, "hidden_dim"),
+            "num_key_value_heads": _params_int(params, "n_kv_heads", default=heads),
+            "rope_max_wavelength": validation.check_positive_float(
+                "rope_theta", params.get("rope_theta", 10000.0)
+            ),
             "rope_scaling_factor": 1.0,
-            "layer_norm_epsilon": float(params.get("norm_eps", 1e-5)),
-            "sliding_window": None if sliding_window is None else int(sliding_window),
-            "head_dim": None if params.get("head_dim") is None else int(params["head_dim"]),
+            "layer_norm_epsilon": validation.check_positive_float(
+                "norm_eps", params.get("norm_eps", 1e-5)
+            ),
+            "sliding_window": _params_int(
+                {"sliding_window": sliding_window}, "sliding_window", allow_none=True
+            ),
+            "head_dim": _params_int(params, "head_dim", allow_none=True),
             "dropout": 0,
         }
-    except KeyError as e:
-        raise ValueError(f"params.json is missing the key {e}.") from None
+    except ValueError as e:
+        raise _config_error(what, str(e)) from None
+
+
+# `MistralBackbone` arguments and the `params.json` keys they come from.
+MISTRAL_PARAMS_KEYS = {
+    "vocabulary_size": "vocab_size",
+    "num_layers": "n_layers",
+    "num_query_heads": "n_heads",
+    "hidden_dim": "dim",
+    "intermediate_dim": "hidden_dim",
+    "num_key_value_heads": "n_kv_heads",
+    "rope_max_wavelength": "rope_theta",
+    "layer_norm_epsilon": "norm_eps",
+    "sliding_window": "sliding_window",
+    "head_dim": "head_dim",
+}
+
+
+def mistral_tied_embeddings(params, what="params.json"):
+    """`tied_embeddings` of a `params.json` (False when absent).
+
+    Raises:
+        ValueError: unless it is a JSON bool.
+    """
+    try:
+        return validation.check_bool("tied_embeddings", params.get("tied_embeddings", False))
+    except ValueError as e:
+        raise _config_error(what, str(e)) from None
 
 
 _HF_TO_MISTRAL = [

@@ -63,6 +63,27 @@ def _hf_shape(hf_name, shape):
     return (shape[1] * shape[2], shape[0])  # (hidden, heads, head_dim)
 
 
+def _check_not_quantized(backbone):
+    """Refuses quantized backbones, before anything is written.
+
+    transformers' `MistralForCausalLM` holds float weights. Dequantized
+    weights would not give the quantized model's outputs either (Keras'
+    int8 layers also quantize their inputs), so the export would silently
+    be another model.
+    """
+    for layer in backbone._flatten_layers(include_self=False):
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                "`export_to_transformers` writes float weights, but this model "
+                f"is quantized (mode {layer.quantization_mode!r}, e.g. layer "
+                f"`{layer.path}`). transformers cannot load Keras' quantized "
+                "weights, and dequantized ones would not reproduce the "
+                "quantized model's outputs. Export the model before calling "
+                "`quantize()` (e.g. reload the float preset, fine-tune, "
+                "export), then quantize in transformers if needed."
+            )
+
+
 def _write_model(directory, backbone, max_shard_size, max_position_embeddings, special_ids):
     for name in os.listdir(directory):
         if _MODEL_FILE.match(name):
@@ -74,18 +95,17 @@ def _write_model(directory, backbone, max_shard_size, max_position_embeddings, s
     config.update(special_ids)
     entries = []
     for hf_name, variable, _, to_hf in convert_mistral.hf_weight_map(backbone):
+        # A LoRA layer's `kernel` is not a variable but the merged tensor
+        # `W + (alpha / rank) * A @ B` in the compute dtype, which is what
+        # the layer multiplies by; it is written in the model's dtype.
+        tensor_dtype = dtype
+        if isinstance(variable, keras.Variable):
+            tensor_dtype = keras.backend.standardize_dtype(variable.dtype)
 
         def fetch(variable=variable, to_hf=to_hf):
-            return to_hf(keras.ops.convert_to_numpy(variable.value))
+            return to_hf(keras.ops.convert_to_numpy(variable))
 
-        entries.append(
-            (
-                hf_name,
-                _hf_shape(hf_name, variable.shape),
-                keras.backend.standardize_dtype(variable.dtype),
-                fetch,
-            )
-        )
+        entries.append((hf_name, _hf_shape(hf_name, variable.shape), tensor_dtype, fetch))
     write_sharded_safetensors(directory, entries, max_shard_size)
     with open(_fresh(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
@@ -162,7 +182,9 @@ def export_to_transformers(
     A backbone writes the model files, a tokenizer (or preprocessor) the
     tokenizer files, a causal LM both plus `generation_config.json`.
     Exporting into an existing transformers directory adds to it (e.g. a
-    backbone, then its tokenizer).
+    backbone, then its tokenizer). LoRA adapters are merged into the
+    weights they adapt, as Keras computes them (`W + alpha / rank * A @ B`);
+    quantized models are refused.
 
     Args:
         obj: a `MistralBackbone`, `MistralCausalLM`, preprocessor or
@@ -173,6 +195,10 @@ def export_to_transformers(
         overwrite: bool. Required to write into a non-empty directory that is
             not a transformers Mistral directory; replaces its contents.
         max_position_embeddings: int. Recorded in `config.json`.
+
+    Raises:
+        ValueError: for a quantized model (nothing is written), or an
+            object that cannot be exported.
 
     Example:
     >>> import tempfile
@@ -204,6 +230,8 @@ def export_to_transformers(
             "`export_to_transformers` takes a backbone, a task, a preprocessor "
             f"or a tokenizer. Received: {type(obj).__name__}"
         )
+    if backbone is not None:
+        _check_not_quantized(backbone)
     special_ids = {}
     if tokenizer is not None and getattr(tokenizer, "start_token_id", None) is not None:
         special_ids = {

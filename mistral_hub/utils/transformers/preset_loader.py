@@ -3,14 +3,28 @@
 Both formats are converted on load, tensor by tensor, from safetensors files
 (never from pickled `.bin`/`.pth` files). The backbone keeps the
 checkpoint's dtype (bfloat16 checkpoints load as bfloat16) unless `dtype` is
-given.
+given or the user set a global dtype policy (see `dtype_utils`).
+
+Loading is strict: the config is validated, then, from the safetensors
+headers alone, every tensor the config implies must be in the checkpoint
+with its shape and a float dtype, and nothing else may be there; an
+untied model (`tie_word_embeddings` false or absent) needs its own
+`lm_head.weight`. Any difference is an error listing them, before a tensor
+is read. With `from_preset(..., strict=False)` the matching tensors load,
+a warning lists the others, and the weights not loaded keep their random
+initial values (a missing `lm_head.weight` included: it is never silently
+copied from the embeddings). A `MistralModel` checkpoint (architectures
+`["MistralModel"]`, no head) loads its output projection from the
+embeddings, with a warning.
 """
 
+import re
 import warnings
 
 import keras
 import numpy as np
 
+from mistral_hub.utils import dtype_utils
 from mistral_hub.utils import preset_utils
 from mistral_hub.utils.transformers import convert_mistral
 from mistral_hub.utils.transformers.safetensors_io import SafetensorsCheckpoint
@@ -20,6 +34,9 @@ HF_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
 TEKKEN_FILE = "tekken.json"
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+HF_CHAT_TEMPLATE_FILE = "chat_template.jinja"
 MISTRAL_PARAMS_FILE = "params.json"
 MISTRAL_WEIGHTS_FILE = "consolidated.safetensors"
 MISTRAL_WEIGHTS_INDEX_FILE = "consolidated.safetensors.index.json"
@@ -61,6 +78,14 @@ class _RenamedCheckpoint:
             return self.checkpoint.has_tensor(self.rename(name))
         except ValueError:
             return False
+
+    def keys(self):
+        """The tensor names in the files (not renamed)."""
+        return self.checkpoint.keys()
+
+    def source_name(self, name):
+        """The name tensor `name` has in the files."""
+        return self.checkpoint.source_name(self.rename(name))
 
     def get_tensor(self, name):
         value = self.checkpoint.get_tensor(self.rename(name))
@@ -155,8 +180,78 @@ def _hf_shape(layout, shape):
 _CHUNK_BYTES = 16 * 1024 * 1024
 
 
-def _load_weights(backbone, checkpoint, tie_word_embeddings, what):
-    """Streams checkpoint tensors into the backbone's variables.
+def _weight_plan(backbone, tie_word_embeddings):
+    """`(hf_name, source tensor, variable)` for every backbone variable."""
+    plan = []
+    for hf_name, variable, _, _ in convert_mistral.hf_weight_map(backbone):
+        source = hf_name
+        if hf_name == "lm_head.weight" and tie_word_embeddings:
+            source = "model.embed_tokens.weight"
+        plan.append((hf_name, source, variable))
+    return plan
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _check_checkpoint(plan, checkpoint, backbone, tie_word_embeddings, config_keys):
+    """Compares the checkpoint's headers with the plan.
+
+    `config_keys` names the config keys behind the hints: `"num_layers"` and
+    `"tie"` map to e.g. "`num_hidden_layers` in `config.json`".
+
+    Returns:
+        `(mismatches, loadable)`: a `preset_utils.WeightMismatches` and the
+        plan entries that match.
+    """
+    mismatches = preset_utils.WeightMismatches("the checkpoint")
+    loadable = []
+    for hf_name, source, variable in plan:
+        if not checkpoint.has_tensor(source):
+            mismatches.add("missing", f"`{checkpoint.source_name(source)}`")
+            continue
+        name = checkpoint.source_name(source)
+        expected = _hf_shape(_layout(hf_name), tuple(variable.shape))
+        stored = tuple(checkpoint.shape(source))
+        dtype = checkpoint.dtype(source)
+        if stored != expected:
+            mismatches.add(
+                "shape",
+                f"`{name}` -> `{variable.path}`: the checkpoint stores {stored}, "
+                f"the model expects {expected}",
+            )
+        elif dtype not in convert_mistral.FLOAT_DTYPES:
+            mismatches.add(
+                "dtype",
+                f"`{name}` is {dtype}, but `{variable.path}` holds floats (integer "
+                "tensors are never cast)",
+            )
+        else:
+            loadable.append((hf_name, source, variable))
+    used = {checkpoint.source_name(src) for _, src, _ in plan if checkpoint.has_tensor(src)}
+    for name in sorted(set(checkpoint.keys()) - used):
+        mismatches.add("unexpected", f"`{name}`")
+    layers = {int(m.group(1)) for m in map(_LAYER_INDEX.search, checkpoint.keys()) if m}
+    if layers and max(layers) + 1 != backbone.num_layers:
+        mismatches.hints.append(
+            f"the checkpoint holds {max(layers) + 1} decoder layers, the model "
+            f"{backbone.num_layers}: does {config_keys['num_layers']} match the weights?"
+        )
+    if not tie_word_embeddings and not checkpoint.has_tensor("lm_head.weight"):
+        mismatches.hints.append(
+            "the config does not tie the output projection to the embeddings "
+            f"({config_keys['tie']} false or absent), so the checkpoint needs "
+            "its own output projection"
+        )
+    return mismatches, loadable
+
+
+def _load_weights(backbone, checkpoint, tie_word_embeddings, what, strict, config_keys):
+    """Checks the checkpoint, then streams its tensors into the backbone.
+
+    Nothing is read before the headers are compared with the model (see
+    `_check_checkpoint`): with `strict`, any difference raises; otherwise
+    the matching tensors load and a warning lists the rest.
 
     Same mapping as `convert_mistral.load_hf_weights`, arranged to keep peak
     memory close to the model size: each tensor is read in row chunks of
@@ -167,23 +262,14 @@ def _load_weights(backbone, checkpoint, tie_word_embeddings, what):
     previous value is freed first).
     """
     head_dim = backbone.resolved_head_dim
-    weight_map = convert_mistral.hf_weight_map(backbone)
-    for hf_name, variable, _, _ in preset_utils.progress(weight_map, f"Converting {what}"):
-        source = hf_name
-        if hf_name == "lm_head.weight" and (
-            tie_word_embeddings or not checkpoint.has_tensor(hf_name)
-        ):
-            source = "model.embed_tokens.weight"
-        if not checkpoint.has_tensor(source):
-            raise ValueError(f"{what}: the checkpoint has no tensor named `{source}`.")
+    plan = _weight_plan(backbone, tie_word_embeddings)
+    mismatches, loadable = _check_checkpoint(
+        plan, checkpoint, backbone, tie_word_embeddings, config_keys
+    )
+    mismatches.report(what, type(backbone).__name__, strict)
+    for hf_name, source, variable in preset_utils.progress(loadable, f"Converting {what}"):
         layout = _layout(hf_name)
-        expected = _hf_shape(layout, tuple(variable.shape))
         stored = tuple(checkpoint.shape(source))
-        if stored != expected:
-            raise ValueError(
-                f"{what}: shape mismatch for `{source}` -> `{variable.path}`: the "
-                f"checkpoint stores {stored}, the model expects {expected}."
-            )
         row_bytes = max(1, int(np.prod(stored[1:], dtype=np.int64)) * 4)
         step = max(1, _CHUNK_BYTES // row_bytes)
         if layout == "heads":
@@ -296,16 +382,13 @@ def _dtype_name(value):
     return name if name in _FLOAT_DTYPES else None
 
 
-def _stop_ids(value):
-    if value is None:
-        return None
-    values = value if isinstance(value, (list, tuple)) else [value]
-    ids = tuple(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
-    return ids or None
-
-
 class _CheckpointLoader(preset_utils.PresetLoader):
-    """Shared parts of the transformers and Mistral loaders."""
+    """Shared parts of the transformers and Mistral loaders.
+
+    Subclasses set `backbone_kwargs` and `tied` from their config file, and
+    the class attributes `config_file`, `config_keys` (backbone argument ->
+    key in that file) and `tie_key`, which error messages name.
+    """
 
     tokenizer_files = ()
 
@@ -324,35 +407,54 @@ class _CheckpointLoader(preset_utils.PresetLoader):
                     break
         return _dtype_name(dtype)
 
-    def load_backbone(self, cls, load_weights, **kwargs):
+    def load_backbone(self, cls, load_weights, strict=True, **kwargs):
         dtype = kwargs.pop("dtype", None)
-        unknown = set(kwargs) - preset_utils._init_params(cls) - {"name", "trainable"}
-        if unknown:
-            raise ValueError(
-                f"Unknown `from_preset` argument(s) {sorted(unknown)} for `{cls.__name__}`."
-            )
         checkpoint = self.checkpoint() if load_weights else None
         if dtype is None:
-            dtype = self.saved_dtype() or self.checkpoint_dtype(checkpoint) or (
-                keras.config.dtype_policy().name
+            # A global policy the user set wins over the checkpoint's dtype.
+            dtype = (
+                dtype_utils.user_dtype_policy()
+                or self.saved_dtype()
+                or self.checkpoint_dtype(checkpoint)
+                or keras.config.dtype_policy().name
             )
-        with preset_utils._maybe_skip_initialization(load_weights):
-            backbone = cls(**{**self.backbone_kwargs, **kwargs}, dtype=dtype)
+        # Random values are only needed for weights a non-strict load skips.
+        with preset_utils._maybe_skip_initialization(load_weights and strict):
+            backbone = self._build(cls, kwargs, dtype)
         if load_weights:
             _trim_memory()
             _load_weights(
                 backbone,
                 checkpoint,
                 self.tie_word_embeddings(checkpoint),
-                f"the weights of preset `{self.source.description}`",
+                f"the checkpoint of preset `{self.source.description}`",
+                strict,
+                {
+                    "num_layers": f"`{self.config_keys['num_layers']}` in `{self.config_file}`",
+                    "tie": f"`{self.tie_key}` in `{self.config_file}`",
+                },
             )
         return backbone
 
+    def _build(self, cls, overrides, dtype):
+        try:
+            return cls(**{**self.backbone_kwargs, **overrides}, dtype=dtype)
+        except ValueError as e:
+            # Name the keys of the file the user has to fix.
+            keys = [
+                f"`{ours}` is `{theirs}` there"
+                for ours, theirs in self.config_keys.items()
+                if f"`{ours}`" in str(e) and ours not in overrides
+            ]
+            raise ValueError(
+                f"`{self.config_file}` of preset `{self.source.description}` does "
+                f"not describe a valid `{cls.__name__}`"
+                + (f" ({'; '.join(keys)})" if keys else "")
+                + f": {e}"
+            ) from e
+
     def saved_dtype(self):
         return None
-
-    def tie_word_embeddings(self, checkpoint):
-        return not checkpoint.has_tensor("lm_head.weight")
 
     def _tokenizer_file(self):
         files = self.source.list_files()
@@ -368,31 +470,97 @@ class _CheckpointLoader(preset_utils.PresetLoader):
         from mistral_hub.models.mistral.mistral_tekken_tokenizer import (
             MistralTekkenTokenizer,
         )
+        from mistral_hub.models.mistral.mistral_hf_tokenizer import MistralHFTokenizer
         from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
 
         name = self._tokenizer_file()
         if name is None:
             raise FileNotFoundError(
                 f"Preset `{self.source.description}` has no Mistral tokenizer: "
-                f"expected one of {', '.join(self.tokenizer_files)} (a "
-                "`tokenizer.json`-only repository is not supported)."
+                f"expected one of {', '.join(self.tokenizer_files)}."
             )
-        found = MistralTekkenTokenizer if name.endswith(".json") else MistralTokenizer
+        if name == HF_TOKENIZER_FILE:
+            found = MistralHFTokenizer
+            hf_config = self._hf_tokenizer_config()
+            kwargs = {**_hf_special_tokens(hf_config), **kwargs}
+        elif name.endswith(".json"):
+            found = MistralTekkenTokenizer
+        else:
+            found = MistralTokenizer
         what = f"`{name}` of preset `{self.source.description}`"
         preset_utils._check_tokenizer_class(found, cls, what)
         target = cls if issubclass(cls, found) else found
-        return target(self.source.get_file(name), **kwargs)
+        path = self.source.get_file(name)
+        try:
+            tokenizer = target(path, **kwargs)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from e
+        if found is MistralHFTokenizer and tokenizer.chat_template is None:
+            tokenizer.chat_template = _hf_chat_convention(
+                tokenizer, self._hf_jinja_template(hf_config)
+            )
+        return tokenizer
+
+    def _hf_tokenizer_config(self):
+        if not self.source.exists(HF_TOKENIZER_CONFIG_FILE):
+            return {}
+        return preset_utils.load_json(self.source, HF_TOKENIZER_CONFIG_FILE)
+
+    def _hf_jinja_template(self, hf_config):
+        """The checkpoint's Jinja chat template(s) as one string, or None."""
+        template = hf_config.get("chat_template")
+        if isinstance(template, list):  # Named templates.
+            template = "".join(
+                str(t.get("template", "")) for t in template if isinstance(t, dict)
+            )
+        if not template and self.source.exists(HF_CHAT_TEMPLATE_FILE):
+            with open(self.source.get_file(HF_CHAT_TEMPLATE_FILE), encoding="utf-8") as f:
+                template = f.read()
+        return template if isinstance(template, str) and template else None
+
+
+def _hf_special_tokens(hf_config):
+    """Start and end tokens named by `tokenizer_config.json`, if any."""
+    tokens = {}
+    for key, name in (("bos_token", "start_token"), ("eos_token", "end_token")):
+        value = hf_config.get(key)
+        # transformers writes a string, or an `AddedToken` as a dict.
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value:
+            tokens[name] = value
+    return tokens
+
+
+def _hf_chat_convention(tokenizer, jinja_template):
+    """The chat convention when the checkpoint's template rules out v7.
+
+    A vocabulary may reserve `[SYSTEM_PROMPT]` without its model using it
+    (Mistral NeMo's Tekken vocabulary). `tokenizer.json` does not record the
+    version that tells, but a Jinja chat template without `[SYSTEM_PROMPT]`
+    does. Returns None (infer from the vocabulary) otherwise.
+    """
+    if (
+        jinja_template is None
+        or "[SYSTEM_PROMPT]" in jinja_template
+        or tokenizer._control_token_id("[SYSTEM_PROMPT]") is None
+        or tokenizer._control_token_id("[INST]") is None
+    ):
+        return None
+    return "tekken" if tokenizer._text_prefix == "" else "v3"
 
 
 class TransformersPresetLoader(_CheckpointLoader):
     """Loads a transformers `MistralForCausalLM` checkpoint directory.
 
     Reads `config.json`, `model.safetensors` (or the shards of
-    `model.safetensors.index.json`), `tokenizer.model` or `tekken.json`, and
-    the stop ids of `generation_config.json`.
+    `model.safetensors.index.json`), `tokenizer.model` or `tekken.json` (or
+    else the `tokenizer.json` of the `tokenizers` library, which recent
+    transformers versions save alone), and the stop ids of
+    `generation_config.json`.
     """
 
-    tokenizer_files = (TEKKEN_FILE, SENTENCEPIECE_FILE)
+    tokenizer_files = (TEKKEN_FILE, SENTENCEPIECE_FILE, HF_TOKENIZER_FILE)
 
     def __init__(self, source, config):
         super().__init__(source, config)
@@ -403,15 +571,35 @@ class TransformersPresetLoader(_CheckpointLoader):
                 "checkpoint; mistral_hub loads only `model_type: \"mistral\"` "
                 "(MistralForCausalLM) checkpoints."
             )
-        self.backbone_kwargs = convert_mistral.backbone_kwargs_from_hf_config(config)
+        what = f"`{preset_utils.CONFIG_FILE}` of preset `{source.description}`"
+        self.backbone_kwargs = convert_mistral.backbone_kwargs_from_hf_config(config, what)
+        self.tied = convert_mistral.hf_tie_word_embeddings(config, what)
+
+    config_file = preset_utils.CONFIG_FILE
+    config_keys = convert_mistral.HF_CONFIG_KEYS
+    tie_key = "tie_word_embeddings"
 
     def saved_dtype(self):
         return _dtype_name(self.config.get("dtype") or self.config.get("torch_dtype"))
 
     def tie_word_embeddings(self, checkpoint):
-        return bool(self.config.get("tie_word_embeddings", False)) or not (
-            checkpoint.has_tensor("lm_head.weight")
-        )
+        if self.tied:
+            return True
+        architectures = self.config.get("architectures")
+        if (
+            isinstance(architectures, list)
+            and "MistralModel" in architectures
+            and "MistralForCausalLM" not in architectures
+            and not checkpoint.has_tensor("lm_head.weight")
+        ):
+            warnings.warn(
+                f"Preset `{self.source.description}` is a `MistralModel` checkpoint, "
+                "without a language-model head: the output projection "
+                "(`lm_head`) is initialized from the token embeddings.",
+                stacklevel=2,
+            )
+            return True
+        return False
 
     def checkpoint(self):
         source = self.source
@@ -433,13 +621,31 @@ class TransformersPresetLoader(_CheckpointLoader):
             )
         return _prefix_tolerant(checkpoint)
 
-    def stop_token_ids(self):
+    def stop_token_ids(self, strict=True):
+        """`eos_token_id` of `generation_config.json`, else of `config.json`.
+
+        Raises:
+            ValueError: naming the file and the key, for ids that are not
+                ints in `[0, vocab_size)` (with `strict=False` they are
+                dropped with a warning instead).
+        """
+        configs = [(preset_utils.CONFIG_FILE, self.config)]
         if self.source.exists(GENERATION_CONFIG_FILE):
             generation = preset_utils.load_json(self.source, GENERATION_CONFIG_FILE)
-            ids = _stop_ids(generation.get("eos_token_id"))
-            if ids:
-                return ids
-        return _stop_ids(self.config.get("eos_token_id"))
+            configs.insert(0, (GENERATION_CONFIG_FILE, generation))
+        vocabulary_size = self.backbone_kwargs["vocabulary_size"]
+        for name, config in configs:
+            if config.get("eos_token_id") is not None:
+                ids = preset_utils.check_token_ids(
+                    "eos_token_id",
+                    config["eos_token_id"],
+                    vocabulary_size,
+                    f"`{name}` of preset `{self.source.description}`",
+                    strict,
+                )
+                if ids:
+                    return ids
+        return None
 
 
 class MistralPresetLoader(_CheckpointLoader):
@@ -452,7 +658,16 @@ class MistralPresetLoader(_CheckpointLoader):
 
     def __init__(self, source, params):
         super().__init__(source, params)
-        self.backbone_kwargs = convert_mistral.backbone_kwargs_from_mistral_params(params)
+        what = f"`{MISTRAL_PARAMS_FILE}` of preset `{source.description}`"
+        self.backbone_kwargs = convert_mistral.backbone_kwargs_from_mistral_params(params, what)
+        self.tied = convert_mistral.mistral_tied_embeddings(params, what)
+
+    config_file = MISTRAL_PARAMS_FILE
+    config_keys = convert_mistral.MISTRAL_PARAMS_KEYS
+    tie_key = "tied_embeddings"
+
+    def tie_word_embeddings(self, checkpoint):
+        return self.tied
 
     @property
     def tokenizer_files(self):

@@ -107,7 +107,11 @@ class SafetensorsCheckpoint:
 
     def _local_path(self, file_name):
         if file_name not in self._paths:
-            self._paths[file_name] = self.source.get_file(file_name)
+            from mistral_hub.utils import preset_utils
+
+            self._paths[file_name] = preset_utils.preset_file(
+                self.source, file_name, "shard file name"
+            )
         return self._paths[file_name]
 
     def _open(self, file_name):
@@ -125,7 +129,9 @@ class SafetensorsCheckpoint:
         with self._open(file_name) as f:
             for key in f.keys():
                 self._weight_map[key] = file_name
-                self._dtypes[key] = _CODES.get(f.get_slice(key).get_dtype())
+                code = f.get_slice(key).get_dtype()
+                # Unknown codes (e.g. "F8_E4M3") stay visible for messages.
+                self._dtypes[key] = _CODES.get(code, code)
 
     def keys(self):
         """All tensor names."""
@@ -134,8 +140,13 @@ class SafetensorsCheckpoint:
     def has_tensor(self, name):
         return name in self._weight_map
 
+    def source_name(self, name):
+        """The name `name` has in the files (see `_RenamedCheckpoint`)."""
+        return name
+
     def dtype(self, name):
-        """The stored dtype of a tensor (e.g. `"bfloat16"`)."""
+        """The stored dtype of a tensor (e.g. `"bfloat16"`, or the raw
+        safetensors code such as `"F8_E4M3"` for dtypes numpy lacks)."""
         if name not in self._dtypes:
             self._read_header(self._file_of(name))
         return self._dtypes[name]

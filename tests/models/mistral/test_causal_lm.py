@@ -347,3 +347,136 @@ def test_streaming_equals_non_streaming(causal_lm):
                                stop_token_ids=None)
     joined = ["".join(chunk[row] for chunk in streamed) for row in range(2)]
     assert joined == batch
+
+
+def test_generate_refuses_unbatched_datasets(causal_lm):
+    # keras_hub generates a dataset batch by batch; an unbatched dataset of
+    # strings used to come back as one "prompt" per character.
+    import tensorflow as tf
+
+    strings = tf.data.Dataset.from_tensor_slices(TEXTS)
+    with pytest.raises(ValueError, match=r"`inputs` must be a batched.*dataset\.batch\("):
+        causal_lm.generate(strings, max_length=8)
+
+    inputs = causal_lm.preprocessor.generate_preprocess(TEXTS)
+    causal_lm.preprocessor = None
+    token_dicts = tf.data.Dataset.from_tensor_slices(inputs)
+    with pytest.raises(ValueError, match=r"`inputs` must be a batched.*dataset\.batch\("):
+        causal_lm.generate(token_dicts, stop_token_ids=None)
+    batched = causal_lm.generate(token_dicts.batch(2), stop_token_ids=None, sampler="greedy")
+    whole = causal_lm.generate(inputs, stop_token_ids=None, sampler="greedy")
+    np.testing.assert_array_equal(batched["token_ids"], whole["token_ids"])
+
+
+# --- chunked prefill, mixed prompt lengths, long prompts ---------------------
+
+
+@pytest.mark.parametrize("sliding_window", [6, None])
+def test_chunked_prefill_then_decoding_equals_full_forward(monkeypatch, sliding_window):
+    from mistral_hub.models.mistral import mistral_causal_lm
+
+    # Chunks of 4: a 15-token prefix runs as 4 chunks, the last one ragged,
+    # through a rolling buffer shorter than the prefix when there is a
+    # window; decoding starts at 13 as for the shortest row of a batch.
+    monkeypatch.setattr(mistral_causal_lm, "_PREFILL_CHUNK", 4)
+    backbone = MistralBackbone(
+        vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+        hidden_dim=16, intermediate_dim=32, sliding_window=sliding_window,
+    )
+    causal_lm = MistralCausalLM(backbone)
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(0, 50, size=(2, 20)).astype("int32")
+    full_logits = ops.convert_to_numpy(
+        causal_lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)})
+    )
+    _, cache = causal_lm._build_cache(
+        token_ids[:, :15], ops.convert_to_tensor(13), causal_lm.cache_length(20)
+    )
+    for index in range(13, 20):
+        logits, _, cache = causal_lm.call_with_cache(
+            token_ids[:, index - 1 : index], cache, index - 1
+        )
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(logits)[:, 0], full_logits[:, index - 1], atol=1e-5, rtol=1e-5
+        )
+
+
+def test_mixed_prompt_lengths_decode_every_row_from_its_own_end(hf_and_keras, prompts):
+    hf_model, causal_lm = hf_and_keras
+    # The 70-token prompt is far longer than the window (8) and the others.
+    mixed = prompts + [np.random.default_rng(2).integers(3, 97, size=70).tolist()]
+    new_tokens = 12
+    inputs = _pack(mixed, 70)
+    steps = []
+    if keras.config.backend() == "torch":
+        # Eager decoding: count the one-token model calls of the loop.
+        original = causal_lm.call_with_cache
+
+        def counting(token_ids, *args, **kwargs):
+            steps.append(tuple(token_ids.shape))
+            return original(token_ids, *args, **kwargs)
+
+        causal_lm.call_with_cache = counting
+    try:
+        output = causal_lm.generate(inputs, max_new_tokens=new_tokens, stop_token_ids=None)
+        beam = causal_lm.generate(
+            inputs, max_new_tokens=new_tokens, stop_token_ids=None,
+            sampler=BeamSampler(num_beams=1),
+        )
+    finally:
+        causal_lm.__dict__.pop("call_with_cache", None)
+    for row, prompt in enumerate(mixed):
+        with torch.no_grad():
+            expected = hf_model.generate(
+                torch.tensor([prompt]), max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+            )
+        generated = output["token_ids"][row][output["padding_mask"][row]]
+        assert generated.tolist() == expected[0].tolist()
+    np.testing.assert_array_equal(
+        np.where(beam["padding_mask"], beam["token_ids"], -1),
+        np.where(output["padding_mask"], output["token_ids"], -1),
+    )
+    if steps:
+        # One decode step per new token (greedy, then beam search), not one
+        # per token from the shortest prompt on (65 + 12).
+        assert steps == [(4, 1)] * (2 * new_tokens)
+
+
+_LONG_PROMPT_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+import mistral_hub
+causal_lm = mistral_hub.MistralCausalLM.from_preset({preset!r})
+words = " ".join("word%d" % (i % 997) for i in range(20000))
+prompt = (words * 2)[:100_000]
+assert len(prompt) == 100_000
+tokens = len(causal_lm.preprocessor.tokenizer.tokenize(prompt))
+completion = causal_lm.generate(prompt, max_new_tokens=2, sampler="greedy", strip_prompt=True)
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT", tokens, repr(completion), peak_mb)
+"""
+
+
+def test_100k_character_prompt_prefills_within_a_4gb_memory_limit():
+    # The demo preset has a window of 128: prefilled in chunks, attention
+    # scores take chunk x (window + chunk) memory; prompt x prompt scores
+    # for this prompt would need tens of GB.
+    if keras.config.backend() != "jax":
+        pytest.skip("Runs once, in the JAX suite (the subprocess uses JAX).")
+    import subprocess
+    import sys
+
+    import mistral_hub
+
+    preset = os.path.join(os.path.dirname(mistral_hub.__file__), "presets", "mistral_hub_demo")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", _LONG_PROMPT_SCRIPT.format(preset=preset)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT")][-1]
+    _, tokens, *_, peak_mb = line.split()
+    assert int(tokens) > 10_000
+    assert float(peak_mb) < 4096

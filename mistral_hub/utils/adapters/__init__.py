@@ -1,0 +1,10 @@
+"""LoRA adapters trained with other libraries, loaded onto a backbone.
+
+- `load_peft_adapter(model, adapter)`: a Hugging Face PEFT LoRA adapter
+  directory (`adapter_config.json` + `adapter_model.safetensors`).
+- `load_mistral_lora(model, path, scaling=None)`: a mistral-finetune LoRA
+  checkpoint (`lora.safetensors`).
+"""
+
+from mistral_hub.utils.adapters.mistral_finetune import load_mistral_lora
+from mistral_hub.utils.adapters.peft import load_peft_adapter
