@@ -456,7 +456,10 @@ prompt = (words * 2)[:100_000]
 assert len(prompt) == 100_000
 tokens = len(causal_lm.preprocessor.tokenizer.tokenize(prompt))
 completion = causal_lm.generate(prompt, max_new_tokens=2, sampler="greedy", strip_prompt=True)
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM belongs to this program's address space; ru_maxrss would also count
+# the forking pytest process's peak from before exec.
+with open("/proc/self/status") as status:
+    peak_mb = [int(l.split()[1]) for l in status if l.startswith("VmHWM")][0] / 1024
 print("RESULT", tokens, repr(completion), peak_mb)
 """
 
