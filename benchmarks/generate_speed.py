@@ -151,7 +151,7 @@ def _write_weights(config_name, directory):
     import torch
 
     import mistral_hub
-    from mistral_hub.utils.transformers.convert_mistral import hf_weight_map
+    from mistral_hub.models.mistral.mistral_checkpoint_conversion import hf_weight_map
 
     backbone = mistral_hub.MistralBackbone(**CONFIGS[config_name])
     arrays = {}

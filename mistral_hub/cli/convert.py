@@ -34,10 +34,10 @@ def add_parser(subparsers):
 def _load(source, dtype):
     from mistral_hub.models.backbone import Backbone
     from mistral_hub.models.causal_lm import CausalLM
-    from mistral_hub.utils import preset_utils
+    from mistral_hub.utils.presets import get_preset_loader
 
     kwargs = {"dtype": dtype} if dtype else {}
-    loader = preset_utils.get_preset_loader(source)
+    loader = get_preset_loader(source)
     try:
         return CausalLM.from_preset(source, **kwargs)
     except FileNotFoundError:

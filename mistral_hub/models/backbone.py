@@ -1,12 +1,14 @@
-import os
-import tempfile
 
 import keras
-import numpy as np
 
 from mistral_hub.models.functional_model import FunctionalModel
 from mistral_hub.utils import dtype_utils
-from mistral_hub.utils import preset_utils
+from mistral_hub.utils.adapters import keras_hub_lora
+from mistral_hub.utils import validation
+from mistral_hub.utils.presets import backbone_from_preset
+from mistral_hub.utils.presets import builtin_presets
+from mistral_hub.utils.presets import save_backbone
+from mistral_hub.utils.python_utils import classproperty
 
 
 class Backbone(FunctionalModel):
@@ -17,8 +19,11 @@ class Backbone(FunctionalModel):
     model-level policy matches the one given to every sublayer.
 
     Loading and saving presets (`from_preset`, `save_to_preset`) are provided
-    by `mistral_hub.utils.preset_utils` on top of this class.
+    by `mistral_hub.utils.presets` on top of this class.
     """
+
+    # What the preset code builds and saves this as (no isinstance there).
+    preset_kind = "backbone"
 
     def __init__(self, *args, dtype=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -35,6 +40,82 @@ class Backbone(FunctionalModel):
     @token_embedding.setter
     def token_embedding(self, value):
         self._token_embedding = value
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Quantizes the weights, as `keras.Model.quantize` does.
+
+        The calibrated modes (`"gptq"`, `"awq"`) run the token embedding,
+        then quantize the transformer layers one after the other (see
+        `get_quantization_layer_structure`), so the backbone quantizes
+        alone as well as inside its task.
+
+        Args:
+            mode: str. `"int8"`, `"int4"`, `"float8"`, `"gptq"` or `"awq"`;
+                optional when `config` gives it.
+            config: `keras.quantizers.QuantizationConfig`, e.g. a
+                `keras.quantizers.GPTQConfig` with its calibration set.
+            filters: regex string, list of them or callable selecting the
+                layers to quantize.
+            **kwargs: passed to `keras.Model.quantize`.
+
+        Raises:
+            ValueError: for `"gptq"` on 16-bit weights, which Keras' GPTQ
+                cannot quantize, before any layer is changed.
+
+        Example:
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=1,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> backbone.quantize("int8")
+        >>> backbone.transformer_layers[0]._feedforward_gate_dense.quantization_mode
+        'int8'
+        """
+        self._check_quantizable(mode, config)
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+
+    def _check_quantizable(self, mode, config):
+        """Refuses what Keras would fail on midway, leaving layers changed."""
+        mode = mode or getattr(config, "mode", None)
+        if mode != "gptq":
+            return
+        # Keras' GPTQ (3.15) mixes the float32 Hessian with the kernel's
+        # own dtype and fails in a backend op after earlier layers were
+        # already converted.
+        dtypes = sorted({v.dtype for v in self.weights if v.dtype in ("bfloat16", "float16")})
+        if dtypes:
+            raise ValueError(
+                "`quantize('gptq')` needs float32 weights: Keras' GPTQ cannot "
+                f"quantize {', '.join(dtypes)} kernels. Received a model with "
+                f"{', '.join(dtypes)} weights; load it with `dtype=\"float32\"` "
+                "(e.g. `from_preset(..., dtype=\"float32\")`) before quantizing."
+            )
+
+    def get_quantization_layer_structure(self, mode):
+        """The layer structure Keras' GPTQ and AWQ quantizers walk.
+
+        Args:
+            mode: str. The quantization mode.
+
+        Returns:
+            For `"gptq"` and `"awq"`, a dict with `"pre_block_layers"` (the
+            token embedding) and `"sequential_blocks"` (the transformer
+            layers); None for other modes, which need no structure.
+
+        Example:
+        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=2,
+        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     num_key_value_heads=1)
+        >>> len(backbone.get_quantization_layer_structure("awq")["sequential_blocks"])
+        2
+        """
+        if mode not in ("gptq", "awq"):
+            return None
+        return {
+            "pre_block_layers": [self.token_embedding],
+            "sequential_blocks": list(self.transformer_layers),
+        }
 
     def get_config(self):
         return {
@@ -74,12 +155,12 @@ class Backbone(FunctionalModel):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
 
-    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+    # --- presets (implemented in mistral_hub.utils.presets) ----------
 
-    @preset_utils.classproperty
+    @classproperty
     def presets(cls):
         """Built-in presets of this class: name -> metadata and handle."""
-        return preset_utils.builtin_presets(cls)
+        return builtin_presets(cls)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, strict=True, **kwargs):
@@ -120,7 +201,7 @@ class Backbone(FunctionalModel):
         >>> Backbone.from_preset(preset, dtype="bfloat16").dtype_policy.name
         'bfloat16'
         """
-        return preset_utils.backbone_from_preset(cls, preset, load_weights, strict, **kwargs)
+        return backbone_from_preset(cls, preset, load_weights, strict, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10, overwrite=False):
         """Saves `config.json`, `metadata.json` and the weights atomically.
@@ -131,7 +212,7 @@ class Backbone(FunctionalModel):
             overwrite: bool. Needed to replace a non-empty directory that is
                 not a Keras preset.
         """
-        preset_utils.save_backbone(self, preset_dir, max_shard_size, overwrite)
+        save_backbone(self, preset_dir, max_shard_size, overwrite)
 
     def export_to_transformers(self, path, max_shard_size="5GB", overwrite=False):
         """Writes `config.json` and safetensors weights for transformers."""
@@ -151,8 +232,7 @@ class Backbone(FunctionalModel):
             target_layer_names: list of layer names to adapt; defaults to
                 `default_lora_layer_names()` (the query and value projections).
         """
-        if not isinstance(rank, int) or rank <= 0:
-            raise ValueError(f"`rank` must be a positive int. Received: rank={rank}")
+        rank = validation.check_positive_int("rank", rank)
         target_layer_names = target_layer_names or self.default_lora_layer_names()
         self.trainable = True
         found = False
@@ -256,7 +336,10 @@ class Backbone(FunctionalModel):
         `lora/<index>/vars/lora_kernel_a` and `lora_kernel_b`, where
         `<index>` counts the backbone's sublayers that have weights in
         flattening order. keras_hub's `load_lora_weights` reads it, and
-        `load_lora_weights` here reads keras_hub's files. The file is
+        `load_lora_weights` here reads keras_hub's files. The format has no
+        `lora_alpha`: an adapter whose alpha is not its rank is stored with
+        `alpha / rank` folded into `lora_kernel_b`, so it reloads with the
+        same output. The file is
         written next to `filepath` and moved into place, so a failed save
         never leaves a partial file.
 
@@ -282,51 +365,7 @@ class Backbone(FunctionalModel):
         ...     if hasattr(layer, "lora_enabled"))
         2
         """
-        filepath = os.fspath(filepath)
-        if not filepath.endswith(LORA_WEIGHTS_SUFFIX):
-            raise ValueError(
-                f"The filename must end in `{LORA_WEIGHTS_SUFFIX}`. "
-                f"Received: filepath={filepath}"
-            )
-        adapted = {
-            index: layer
-            for index, layer in enumerate(_layers_with_weights(self))
-            if getattr(layer, "lora_enabled", False)
-        }
-        if not adapted:
-            raise ValueError(
-                "There are no LoRA-enabled layers in this model. Call "
-                "`enable_lora(rank)` first."
-            )
-        for layer in adapted.values():
-            if not hasattr(layer, "lora_kernel_a"):
-                raise ValueError(
-                    "keras_hub's LoRA file format holds adapters of dense "
-                    f"kernels only; layer `{layer.path}` "
-                    f"({type(layer).__name__}) has another kind of adapter."
-                )
-        ranks = {layer.lora_rank for layer in adapted.values()}
-        if len(ranks) != 1:
-            raise ValueError(
-                "All LoRA adapters must have the same rank to be saved in one "
-                f"file. Received ranks: {sorted(ranks)}"
-            )
-        import h5py
-
-        directory = os.path.dirname(os.path.abspath(filepath))
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=LORA_WEIGHTS_SUFFIX)
-        os.close(fd)
-        try:
-            with h5py.File(tmp_path, "w") as f:
-                f.create_group("lora/vars")["rank"] = ranks.pop()
-                for index, layer in adapted.items():
-                    group = f.create_group(f"lora/{index}/vars")
-                    for name in _LORA_KERNELS:
-                        group[name] = keras.ops.convert_to_numpy(getattr(layer, name))
-            os.replace(tmp_path, filepath)
-        except BaseException:
-            os.remove(tmp_path)
-            raise
+        keras_hub_lora.save_lora_weights(self, filepath)
 
     def load_lora_weights(self, filepath):
         """Loads LoRA adapters saved by `save_lora_weights` (or keras_hub's).
@@ -343,132 +382,7 @@ class Backbone(FunctionalModel):
                 differs from the rank of the enabled adapters, or if it
                 adapts other layers or shapes than this backbone.
         """
-        import h5py
-
-        filepath = os.fspath(filepath)
-        if not os.path.isfile(filepath):
-            raise FileNotFoundError(f"LoRA weights file '{filepath}' does not exist.")
-        try:
-            f = h5py.File(filepath, "r")
-        except OSError as e:
-            raise ValueError(
-                f"'{filepath}' is not a LoRA weights file (not HDF5: {e})."
-            ) from None
-        with f:
-            rank, kernels = _read_lora_file(f, filepath)
-        layers = _layers_with_weights(self)
-        adapted = {
-            index for index, layer in enumerate(layers) if getattr(layer, "lora_enabled", False)
-        }
-        if adapted:
-            enabled_rank = {layers[i].lora_rank for i in adapted}
-            if enabled_rank != {rank}:
-                raise ValueError(
-                    f"The LoRA rank of file '{filepath}' is rank={rank}, but "
-                    f"the model's adapters have rank={sorted(enabled_rank)[0]} "
-                    "(from `enable_lora`). Both ranks must match."
-                )
-            targets = adapted
-        else:
-            # Enable LoRA on the layers the file adapts, chosen by name as
-            # `enable_lora` does, and check that this gives the same layers.
-            names = {layers[i].name for i in kernels if i < len(layers)}
-            targets = {
-                i
-                for i, layer in enumerate(layers)
-                if layer.name in names
-                and hasattr(layer, "enable_lora")
-                and hasattr(layer, "kernel")
-            }
-        if targets != set(kernels):
-            raise ValueError(
-                f"File '{filepath}' holds LoRA weights for the layers "
-                f"{_describe_layers(layers, kernels)}, but this model adapts "
-                f"{_describe_layers(layers, targets)}."
-            )
-        for index, values in kernels.items():
-            layer = layers[index]
-            expected = _lora_shapes(layer, rank)
-            received = tuple(tuple(v.shape) for v in values)
-            if received != expected:
-                raise ValueError(
-                    f"File '{filepath}' holds LoRA kernels of shapes {received} "
-                    f"for layer `{layer.path}`, which needs shapes {expected}."
-                )
-        if not adapted:
-            self.enable_lora(rank, target_layer_names=sorted(names))
-        for index, values in kernels.items():
-            for name, value in zip(_LORA_KERNELS, values):
-                getattr(layers[index], name).assign(value)
-
-
-LORA_WEIGHTS_SUFFIX = ".lora.h5"
-_LORA_KERNELS = ("lora_kernel_a", "lora_kernel_b")
-
-
-def _layers_with_weights(model):
-    # keras_hub numbers adapted layers by their position in this list (layer
-    # names repeat across blocks); files are interchangeable because the
-    # layer structure is the same.
-    return [layer for layer in model._flatten_layers(include_self=False) if layer.weights]
-
-
-def _describe_layers(layers, indices):
-    return [
-        f"{i}: {layers[i].path}" if i < len(layers) else f"{i}: (no such layer)"
-        for i in sorted(indices)
-    ]
-
-
-def _lora_shapes(layer, rank):
-    if getattr(layer, "lora_enabled", False):
-        return tuple(tuple(getattr(layer, name).shape) for name in _LORA_KERNELS)
-    # What `EinsumDense.enable_lora` would create: `a` maps the kernel's
-    # input dims to the rank, `b` the rank to its output dims.
-    shape = tuple(getattr(layer, "original_kernel_shape", None) or layer.kernel.shape)
-    return (shape[:-1] + (rank,), (rank, shape[-1]))
-
-
-def _read_array(dataset):
-    value = dataset[()]
-    # Keras before 3.15 made adapters in the layer's dtype; h5py has no
-    # bfloat16, so Keras stores raw 16-bit values and marks the dataset.
-    if dataset.attrs.get("dtype") == "bfloat16":
-        import ml_dtypes
-
-        value = np.asarray(value).view(ml_dtypes.bfloat16)
-    return np.asarray(value)
-
-
-def _read_lora_file(f, filepath):
-    """Returns `(rank, {layer index: (lora_kernel_a, lora_kernel_b)})`."""
-    import h5py
-
-    def dataset(path):
-        item = f.get(path)
-        return item if isinstance(item, h5py.Dataset) else None
-
-    rank = dataset("lora/vars/rank")
-    if rank is None:
-        raise ValueError(
-            f"'{filepath}' is not a LoRA weights file: it has no `lora/vars/rank` "
-            "(files are written by `save_lora_weights`)."
-        )
-    rank = int(rank[()])
-    kernels = {}
-    for key in f["lora"]:
-        if key == "vars":
-            continue
-        values = [dataset(f"lora/{key}/vars/{name}") for name in _LORA_KERNELS]
-        if not key.isdigit() or any(v is None for v in values):
-            raise ValueError(
-                f"'{filepath}' is not a valid LoRA weights file: unexpected "
-                f"entry `lora/{key}`."
-            )
-        kernels[int(key)] = tuple(_read_array(v) for v in values)
-    if not kernels:
-        raise ValueError(f"'{filepath}' holds no LoRA weights.")
-    return rank, kernels
+        keras_hub_lora.load_lora_weights(self, filepath)
 
 
 def _match_int4_reverse_embedding_inputs(model):

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 
 from mistral_hub.models.preprocessor import Preprocessor
+from mistral_hub.tokenizers.tokenizer import check_text
+from mistral_hub.utils import validation
 
 
 def _in_tf_graph(x):
@@ -35,6 +37,16 @@ class CausalLMPreprocessor(Preprocessor):
     `__call__(x)` returns `(x, y, sample_weight)` for `fit()`: `x` holds
     `token_ids` and `padding_mask` of length `sequence_length`, `y` is the
     same ids shifted left by one and `sample_weight` masks padding.
+
+    Labels and weights, in `__call__` and so in `fit`/`evaluate` on raw
+    text: a causal LM's labels are its own input shifted by one, so a `y`
+    is refused (`ValueError`; to train on other labels, set the task's
+    `preprocessor=None` and feed `token_ids`/`padding_mask` with your `y`,
+    which Keras then uses as given). `sample_weight` of shape `(n,)` weighs
+    each of the `n` examples: it multiplies the example's per-token
+    padding weights (finite values >= 0; a wrong shape is a `ValueError`
+    naming `sample_weight`). Inside `tf.data`, elements are the text alone:
+    an `(x, y)` or `(x, y, sample_weight)` element is refused.
     `generate_preprocess` packs prompts for `generate()` (start token, no
     end token) and `generate_postprocess` turns ids back into text.
 
@@ -75,18 +87,32 @@ class CausalLMPreprocessor(Preprocessor):
 
     @sequence_length.setter
     def sequence_length(self, value):
-        _check_length("sequence_length", value)
-        self._sequence_length = value
+        self._sequence_length = _check_length("sequence_length", value)
 
     # --- training -------------------------------------------------------
 
     def call(self, x, y=None, sample_weight=None, sequence_length=None):
         sequence_length = sequence_length or self.sequence_length
         _check_length("sequence_length", sequence_length)
+        if y is not None:
+            raise ValueError(
+                "`y` must be None: a causal language model's labels are its "
+                "input token ids shifted by one, which this preprocessor "
+                "makes from `x`. To train on other labels, set the task's "
+                "`preprocessor` to None and pass `token_ids`/`padding_mask` "
+                f"with your `y`. Received: y={_short_repr(y)}"
+            )
         if _in_tf_graph(x):
+            if sample_weight is not None:
+                raise ValueError(
+                    "`sample_weight` is not supported inside `tf.data`: pass "
+                    "the text alone, or weights to `fit()` with Python or "
+                    f"numpy inputs. Received: sample_weight={sample_weight}"
+                )
             return self._call_in_tf_graph(x, sequence_length)
         token_ids, padding_mask = self._pack_for_training(x, sequence_length)
-        return _training_triplet(token_ids, padding_mask)
+        weights = _example_weights(sample_weight, token_ids.shape[:-1])
+        return _training_triplet(token_ids, padding_mask, weights)
 
     def _pack_for_training(self, x, sequence_length):
         texts = _to_python_strings(x)
@@ -142,16 +168,42 @@ class CausalLMPreprocessor(Preprocessor):
         """
         sequence_length = sequence_length or self.sequence_length
         _check_length("sequence_length", sequence_length)
+        prompts = self.tokenize_prompts(x)
+        unbatched = not prompts or not isinstance(prompts[0], list)
+        packed = self.pack_prompts([prompts] if unbatched else prompts, sequence_length)
+        if unbatched:
+            return {key: value[0] for key, value in packed.items()}
+        return packed
+
+    def tokenize_prompts(self, x):
+        """Turns prompts into token ids for generation, without padding.
+
+        Args:
+            x: a str, a list of str, or a string array/tensor.
+
+        Returns:
+            A list of int ids (start token included when `add_start_token`)
+            for a single string, else a list of such lists.
+
+        Raises:
+            ValueError: naming `inputs`, unless `x` is a str or a non-empty
+                list of str.
+
+        Example:
+        >>> from mistral_hub.models.mistral.mistral_causal_lm_preprocessor import (
+        ...     MistralCausalLMPreprocessor)
+        >>> preprocessor = MistralCausalLMPreprocessor.from_preset("mistral_hub_demo")
+        >>> ids = preprocessor.tokenize_prompts(["the quick", "a"])
+        >>> [row[0] == preprocessor.tokenizer.start_token_id for row in ids]
+        [True, True]
+        """
         texts = _to_python_strings(x)
         unbatched = isinstance(texts, str)
         texts = [texts] if unbatched else texts
         _check_texts(texts, "inputs")
         start = [self.tokenizer.start_token_id] if self.add_start_token else []
         prompts = [start + list(ids) for ids in self.tokenizer.tokenize(texts)]
-        packed = self.pack_prompts(prompts, sequence_length)
-        if unbatched:
-            return {key: value[0] for key, value in packed.items()}
-        return packed
+        return prompts[0] if unbatched else prompts
 
     def pack_prompts(self, prompts, sequence_length):
         """Right-pads lists of prompt token ids into generation inputs.
@@ -215,16 +267,44 @@ class CausalLMPreprocessor(Preprocessor):
         return config
 
 
-def _training_triplet(token_ids, padding_mask):
+def _training_triplet(token_ids, padding_mask, example_weights=None):
     x = {"token_ids": token_ids[..., :-1], "padding_mask": padding_mask[..., :-1]}
-    return x, token_ids[..., 1:], padding_mask[..., 1:]
+    weights = padding_mask[..., 1:]
+    if example_weights is not None:
+        weights = weights * example_weights[..., None]
+    return x, token_ids[..., 1:], weights
+
+
+def _example_weights(sample_weight, batch_shape):
+    """Checks per-example weights; returns them as float32, or None."""
+    if sample_weight is None:
+        return None
+    weights = validation.concrete_array(sample_weight)
+    expected = f"shape {batch_shape}" if batch_shape else "a scalar"
+    if weights is None or weights.dtype.kind not in "biuf" or weights.shape != batch_shape:
+        shape = None if weights is None else weights.shape
+        raise ValueError(
+            f"`sample_weight` must hold one weight per example of `x`: "
+            f"{expected} for {batch_shape[0] if batch_shape else 1} "
+            f"example(s). Received shape {shape}: "
+            f"sample_weight={_short_repr(sample_weight)}"
+        )
+    weights = weights.astype("float32")
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(
+            "`sample_weight` must hold finite weights >= 0. Received: "
+            f"sample_weight={_short_repr(sample_weight)}"
+        )
+    return weights
+
+
+def _short_repr(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_length(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(
-            f"`{name}` must be an int of at least 2. Received: {name}={value!r}"
-        )
+    return validation.check_int(name, value, low=2)
 
 
 def _check_texts(texts, name):
@@ -236,3 +316,4 @@ def _check_texts(texts, name):
                 f"`{name}` must contain strings. Received an element of type "
                 f"{type(text).__name__}: {text!r}"
             )
+        check_text(name, text)

@@ -1,15 +1,21 @@
 import keras
 
-from mistral_hub.utils import preset_utils
+from mistral_hub.utils.presets import builtin_presets
+from mistral_hub.utils.presets import load_tokenizer_assets
+from mistral_hub.utils.presets import preprocessor_from_preset
+from mistral_hub.utils.presets import save_preprocessor
+from mistral_hub.utils.python_utils import classproperty
 
 
 class Preprocessor(keras.layers.Layer):
     """Base class for preprocessors: owns a tokenizer and serializes it.
 
     Preset loading and saving (`from_preset`, `save_to_preset`) are added on
-    top of this class by `mistral_hub.utils.preset_utils`.
+    top of this class by `mistral_hub.utils.presets`.
     """
 
+    # What the preset code builds and saves this as (no isinstance there).
+    preset_kind = "preprocessor"
     tokenizer_cls = None
 
     def __init__(self, tokenizer=None, config_file="preprocessor.json", **kwargs):
@@ -40,12 +46,12 @@ class Preprocessor(keras.layers.Layer):
             )
         return cls(**config)
 
-    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+    # --- presets (implemented in mistral_hub.utils.presets) ----------
 
-    @preset_utils.classproperty
+    @classproperty
     def presets(cls):
         """Built-in presets of this class: name -> metadata and handle."""
-        return preset_utils.builtin_presets(cls)
+        return builtin_presets(cls)
 
     @classmethod
     def from_preset(cls, preset, config_file="preprocessor.json", **kwargs):
@@ -63,25 +69,24 @@ class Preprocessor(keras.layers.Layer):
 
         Example:
         >>> import tempfile
-        >>> from tests.test_data import mistral_test_proto
         >>> from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
         >>> from mistral_hub.models.mistral.mistral_causal_lm_preprocessor import (
         ...     MistralCausalLMPreprocessor)
         >>> preprocessor = MistralCausalLMPreprocessor(
-        ...     MistralTokenizer(mistral_test_proto()), sequence_length=8)
+        ...     MistralTokenizer.from_preset("mistral_hub_demo"), sequence_length=8)
         >>> preset = tempfile.mkdtemp() + "/tiny"
         >>> preprocessor.save_to_preset(preset)
         >>> MistralCausalLMPreprocessor.from_preset(
         ...     preset, sequence_length=4).sequence_length
         4
         """
-        return preset_utils.preprocessor_from_preset(cls, preset, config_file, **kwargs)
+        return preprocessor_from_preset(cls, preset, config_file, **kwargs)
 
     def save_to_preset(self, preset_dir, overwrite=False):
         """Saves the preprocessor and its tokenizer (with assets) atomically."""
-        preset_utils.save_preprocessor(self, preset_dir, overwrite)
+        save_preprocessor(self, preset_dir, overwrite)
 
     def load_preset_assets(self, preset):
         """Loads the tokenizer's vocabulary files from `preset`."""
         if self.tokenizer is not None:
-            self.tokenizer = preset_utils.load_tokenizer_assets(self.tokenizer, preset)
+            self.tokenizer = load_tokenizer_assets(self.tokenizer, preset)

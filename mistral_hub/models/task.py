@@ -2,8 +2,15 @@ import sys
 
 import keras
 
+from mistral_hub.models.backbone import Backbone
 from mistral_hub.models.functional_model import FunctionalModel
-from mistral_hub.utils import preset_utils
+from mistral_hub.models.preprocessor import Preprocessor
+from mistral_hub.utils import backend
+from mistral_hub.utils import validation
+from mistral_hub.utils.presets import builtin_presets
+from mistral_hub.utils.presets import save_task
+from mistral_hub.utils.presets import task_from_preset
+from mistral_hub.utils.python_utils import classproperty
 
 
 class Task(FunctionalModel):
@@ -14,9 +21,27 @@ class Task(FunctionalModel):
     fine-tuning on JAX or torch needs no TensorFlow; a `tf.data.Dataset` is
     mapped through the preprocessor instead.
 
-    Preset loading and saving are added by `mistral_hub.utils.preset_utils`.
+    Inputs are checked before the Keras trainer runs: raw text must be a
+    non-empty batch (a list, array or tensor of strings; a single string is
+    a `ValueError` naming `x`, as Keras reads `x` as a batch of examples),
+    and with `preprocessor=None` the `token_ids`/`padding_mask` dict is
+    checked against the vocabulary (ids in range, right-padded masks), and
+    integer labels `y` too. How `y` and `sample_weight` are used with raw
+    text is up to the preprocessor (see `CausalLMPreprocessor`); a concrete
+    `sample_weight` that is 0 everywhere is a `ValueError`, since the
+    weighted mean loss would be 0/0.
+
+    A call that fails part-way leaves the model usable: on JAX, whose
+    trainer detaches the variables' values while it runs, the values are
+    put back (as they were after the last completed step, or before the
+    call if no step completed); TensorFlow and torch update the variables
+    in place, one completed step at a time.
+
+    Preset loading and saving are added by `mistral_hub.utils.presets`.
     """
 
+    # What the preset code builds and saves this as (no isinstance there).
+    preset_kind = "task"
     backbone_cls = None
     preprocessor_cls = None
 
@@ -36,7 +61,14 @@ class Task(FunctionalModel):
 
     @backbone.setter
     def backbone(self, value):
+        expected = self.backbone_cls or Backbone
+        if not isinstance(value, expected):
+            raise TypeError(
+                f"`backbone` must be a `{expected.__name__}`. Received: "
+                f"backbone={_short_repr(value)} (of type {type(value).__name__})"
+            )
         self._backbone = value
+        self._check_vocabulary_sizes()
 
     @property
     def preprocessor(self):
@@ -45,7 +77,35 @@ class Task(FunctionalModel):
 
     @preprocessor.setter
     def preprocessor(self, value):
+        if value is not None and not isinstance(value, Preprocessor):
+            expected = getattr(self.preprocessor_cls, "__name__", "Preprocessor")
+            raise TypeError(
+                f"`preprocessor` must be a `{expected}` or None. Received: "
+                f"preprocessor={_short_repr(value)} (of type {type(value).__name__})"
+            )
         self._preprocessor = value
+        self._check_vocabulary_sizes()
+
+    def _check_vocabulary_sizes(self):
+        # A tokenizer may be smaller than the embedding (checkpoints pad the
+        # embedding to a round size) but not larger: its top ids would index
+        # past the embedding.
+        tokenizer = getattr(self.preprocessor, "tokenizer", None)
+        backbone_size = getattr(self.backbone, "vocabulary_size", None)
+        if tokenizer is None or backbone_size is None:
+            return
+        try:
+            tokenizer_size = tokenizer.vocabulary_size()
+        except ValueError:
+            return  # No vocabulary yet (a preset loads it afterwards).
+        if tokenizer_size > backbone_size:
+            raise ValueError(
+                f"The tokenizer's vocabulary ({tokenizer_size} ids) is larger "
+                f"than the backbone's `vocabulary_size` ({backbone_size}): ids "
+                f"from {backbone_size} on have no embedding. Use a backbone "
+                "with `vocabulary_size` >= the tokenizer's "
+                "`vocabulary_size()`."
+            )
 
     @property
     def layers(self):
@@ -69,12 +129,12 @@ class Task(FunctionalModel):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
-    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+    # --- presets (implemented in mistral_hub.utils.presets) ----------
 
-    @preset_utils.classproperty
+    @classproperty
     def presets(cls):
         """Built-in presets of this class: name -> metadata and handle."""
-        return preset_utils.builtin_presets(cls)
+        return builtin_presets(cls)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, strict=True, **kwargs):
@@ -113,7 +173,7 @@ class Task(FunctionalModel):
         >>> type(CausalLM.from_preset(preset)).__name__
         'MistralCausalLM'
         """
-        return preset_utils.task_from_preset(cls, preset, load_weights, strict, **kwargs)
+        return task_from_preset(cls, preset, load_weights, strict, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10, overwrite=False):
         """Saves `task.json`, the backbone and the preprocessor atomically.
@@ -124,7 +184,7 @@ class Task(FunctionalModel):
             overwrite: bool. Needed to replace a non-empty directory that is
                 not a Keras preset.
         """
-        preset_utils.save_task(self, preset_dir, max_shard_size, overwrite)
+        save_task(self, preset_dir, max_shard_size, overwrite)
 
     def export_to_transformers(self, path, max_shard_size="5GB", overwrite=False):
         """Writes model, tokenizer and generation config for transformers."""
@@ -135,8 +195,12 @@ class Task(FunctionalModel):
     # --- preprocessing in fit / evaluate / predict ------------------------
 
     def _preprocess(self, x, y=None, sample_weight=None):
-        """Preprocesses raw `x` into `(x, y, sample_weight)` for Keras."""
-        if self.preprocessor is None or x is None:
+        """Checks and preprocesses raw `x` into `(x, y, sample_weight)`."""
+        _check_not_all_zero(sample_weight)
+        if x is None:
+            return x, y, sample_weight
+        if self.preprocessor is None:
+            self._check_token_inputs(x, y)
             return x, y, sample_weight
         if _is_tf_dataset(x):
             import tensorflow as tf
@@ -146,9 +210,43 @@ class Task(FunctionalModel):
 
             x = x.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
             return x.prefetch(tf.data.AUTOTUNE), None, None
+        _check_text_batch(x)
         return self.preprocessor(x, y, sample_weight)
 
+    def _check_token_inputs(self, x, y):
+        """Checks concrete preprocessed inputs against the vocabulary."""
+        vocabulary_size = getattr(self.backbone, "vocabulary_size", None)
+        if vocabulary_size is None or not isinstance(x, dict) or "token_ids" not in x:
+            return
+        token_ids = validation.check_token_ids("x['token_ids']", x["token_ids"], vocabulary_size)
+        if token_ids is not None and (token_ids.ndim == 0 or len(token_ids) == 0):
+            raise ValueError(
+                "`x['token_ids']` must hold at least one example (a "
+                f"(batch, sequence) array). Received shape {token_ids.shape}."
+            )
+        validation.check_token_inputs("x", x, vocabulary_size)
+        labels = validation.concrete_array(y) if y is not None else None
+        if labels is not None and labels.dtype.kind in "iu":
+            validation.check_token_ids("y", labels, vocabulary_size)
+
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs):
+        """Trains the model; `keras.Model.fit` with preprocessing.
+
+        With a preprocessor, `x` is a batch of raw text (a list, array,
+        tensor or `tf.data.Dataset` of strings), `y` must be None (a causal
+        LM's labels are its own input shifted by one) and `sample_weight`,
+        of shape `(len(x),)`, weighs each example's tokens. With
+        `preprocessor=None`, `x` is a `token_ids`/`padding_mask` dict and
+        `y` and `sample_weight` are used as Keras uses them. A failed call
+        leaves the variables usable (see `backend.run_keeping_variables`).
+
+        Example:
+        >>> from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
+        >>> causal_lm = MistralCausalLM.from_preset("mistral_hub_demo")
+        >>> causal_lm.preprocessor.sequence_length = 16
+        >>> history = causal_lm.fit(["the quick fox", "the earth is round"],
+        ...     sample_weight=[1.0, 0.5], batch_size=2, verbose=0)
+        """
         if not self.compiled:
             raise ValueError("You must call `compile()` before calling `fit()`.")
         x, y, sample_weight = self._preprocess(x, y, sample_weight)
@@ -156,7 +254,9 @@ class Task(FunctionalModel):
             validation_data = self._preprocess(*_unpack(validation_data))
         elif validation_data is not None:
             validation_data = self._preprocess(validation_data)[0]
-        return super().fit(
+        return backend.run_keeping_variables(
+            self,
+            super().fit,
             x=x,
             y=y,
             batch_size=batch_size,
@@ -171,13 +271,21 @@ class Task(FunctionalModel):
         # `fit()` already and Keras iterates its own cached copy of it.
         if not kwargs.get("_use_cached_eval_dataset", False):
             x, y, sample_weight = self._preprocess(x, y, sample_weight)
-        return super().evaluate(
-            x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
+        return backend.run_keeping_variables(
+            self,
+            super().evaluate,
+            x=x,
+            y=y,
+            batch_size=batch_size,
+            sample_weight=sample_weight,
+            **kwargs,
         )
 
     def predict(self, x, batch_size=None, **kwargs):
         x, _, _ = self._preprocess(x)
-        return super().predict(x, batch_size=batch_size, **kwargs)
+        return backend.run_keeping_variables(
+            self, super().predict, x=x, batch_size=batch_size, **kwargs
+        )
 
 
 def _is_tf_dataset(x):
@@ -185,6 +293,36 @@ def _is_tf_dataset(x):
     # importing it on JAX or torch just to check.
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(x, tf.data.Dataset)
+
+
+def _short_repr(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_text_batch(x):
+    """Refuses a single string or an empty batch where Keras wants a batch."""
+    if isinstance(x, (str, bytes)) or (hasattr(x, "shape") and len(x.shape) == 0):
+        raise ValueError(
+            "`x` must be a batch of examples (a list, array or tensor of "
+            "strings), not a single string: wrap it in a list, e.g. "
+            f"`fit([text])`. Received: x={_short_repr(x)}"
+        )
+    if hasattr(x, "__len__") and len(x) == 0:
+        raise ValueError(
+            "`x` must hold at least one example. Received an empty batch: "
+            f"x={_short_repr(x)}"
+        )
+
+
+def _check_not_all_zero(sample_weight):
+    weights = None if sample_weight is None else validation.concrete_array(sample_weight)
+    if weights is not None and weights.size and weights.dtype.kind in "biuf" and not weights.any():
+        raise ValueError(
+            "`sample_weight` is 0 for every example, so the weighted mean "
+            "loss and metrics are undefined (0/0). Received: "
+            f"sample_weight={_short_repr(weights)}"
+        )
 
 
 def _unpack(data):

@@ -39,6 +39,24 @@ class LogitsProcessor:
         raise NotImplementedError
 
 
+class _ValueProcessor(LogitsProcessor):
+    """A built-in processor equal to any other with the same settings.
+
+    `generate()` keeps one compiled decode loop per set of processors;
+    value equality lets `generate(repetition_penalty=1.2)` reuse the loop
+    the previous call compiled instead of tracing a new one.
+    """
+
+    def _settings(self):
+        return tuple(sorted(vars(self).items()))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._settings() == other._settings()
+
+    def __hash__(self):
+        return hash((type(self), self._settings()))
+
+
 def token_counts(token_ids, include, vocabulary_size):
     """Counts, per row, how often each id occurs where `include` is True.
 
@@ -65,7 +83,7 @@ def _positions_before(token_ids, index):
     return (ops.arange(length, dtype="int32") < index)[None, :]
 
 
-class RepetitionPenalty(LogitsProcessor):
+class RepetitionPenalty(_ValueProcessor):
     """transformers' repetition penalty over the prompt and generated tokens.
 
     Logits of tokens already in the sequence are divided by `penalty` when
@@ -89,7 +107,7 @@ class RepetitionPenalty(LogitsProcessor):
         return ops.where(seen, penalized, logits)
 
 
-class OccurrencePenalty(LogitsProcessor):
+class OccurrencePenalty(_ValueProcessor):
     """OpenAI-style presence and frequency penalties over generated tokens.
 
     `logits[t] -= presence_penalty * (count[t] > 0) + frequency_penalty *
@@ -116,7 +134,7 @@ class OccurrencePenalty(LogitsProcessor):
         return logits - penalty - self.frequency_penalty * counts
 
 
-class MinP(LogitsProcessor):
+class MinP(_ValueProcessor):
     """Keeps tokens whose probability is at least `min_p` times the top one.
 
     Same rule as transformers' `MinPLogitsWarper`: the most likely token is

@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from mistral_hub.samplers import stateless_random
+from mistral_hub.utils import validation
 
 # Token written after a row has stopped; callers mask these positions out.
 PAD_TOKEN_ID = 0
@@ -15,28 +16,19 @@ PAD_TOKEN_ID = 0
 
 def check_positive_int(name, value):
     """Raises a `ValueError` naming `name` unless `value` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be a positive int. Received: {value}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive int. Received: {value}")
+    validation.check_positive_int(name, value)
 
 
 def check_number(name, value, low, high, low_inclusive, high_inclusive=True):
-    """Raises a `ValueError` naming `name` unless `value` lies in the range."""
-    if isinstance(value, bool) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise ValueError(f"`{name}` must be a number. Received: {value}")
-    above = value >= low if low_inclusive else value > low
-    below = value <= high if high_inclusive else value < high
-    if not (above and below):
-        interval = "{}{}, {}{}".format(
-            "[" if low_inclusive else "(",
-            low,
-            high,
-            "]" if high_inclusive else ")",
-        )
-        raise ValueError(f"`{name}` must be in {interval}. Received: {value}")
+    """Raises a `ValueError` naming `name` unless `value` is a finite number in the range."""
+    validation.check_finite_float(
+        name,
+        value,
+        low,
+        None if high == float("inf") else high,
+        include_low=low_inclusive,
+        include_high=high_inclusive,
+    )
 
 
 class Sampler:
@@ -125,10 +117,7 @@ class Sampler:
 
     def __init__(self, temperature=1.0, seed=None):
         check_number("temperature", temperature, 0, float("inf"), False)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-        ):
-            raise ValueError(f"`seed` must be an int or None. Received: {seed}")
+        validation.check_int("seed", seed, allow_none=True)
         self.temperature = temperature
         self.seed = seed
         self._seed_source = random.Random(seed)

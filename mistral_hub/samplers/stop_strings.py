@@ -20,8 +20,11 @@ class StopStringMatcher:
     Example:
     >>> matcher = StopStringMatcher([b"", b" a", b"b", b"c\\n"], ["ab"])
     >>> import numpy as np
-    >>> matcher(np.array([[1, 2, 3]], "int32"), 2).tolist()
+    >>> token_ids = np.array([[1, 2, 3]], "int32")  # " a", "b", "c\\n"
+    >>> matcher(token_ids, 1).tolist()  # " ab" ends in token 2, "b".
     [True]
+    >>> matcher(token_ids, 2).tolist()  # Not in the newest token, "c\\n".
+    [False]
     """
 
     def __init__(self, token_bytes, stop_strings):

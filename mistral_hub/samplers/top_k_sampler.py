@@ -45,9 +45,9 @@ class TopKSampler(Sampler):
         self.k = k
 
     def get_next_token(self, probabilities, seed):
-        top_probabilities, top_ids = ops.top_k(
-            probabilities, k=self.k, sorted=False
-        )
+        # A `k` above the vocabulary keeps every token, as in transformers.
+        k = min(self.k, probabilities.shape[-1])
+        top_probabilities, top_ids = ops.top_k(probabilities, k=k, sorted=False)
         choice = stateless_random.categorical(ops.log(top_probabilities), seed)
         token = ops.take_along_axis(top_ids, choice[:, None], axis=-1)
         return ops.cast(ops.squeeze(token, axis=-1), "int32")

@@ -54,7 +54,8 @@ class TopPSampler(Sampler):
         self.k = k
 
     def get_next_token(self, probabilities, seed):
-        cutoff = ops.shape(probabilities)[1] if self.k is None else self.k
+        vocabulary_size = probabilities.shape[-1]
+        cutoff = vocabulary_size if self.k is None else min(self.k, vocabulary_size)
         sorted_probabilities, sorted_ids = ops.top_k(
             probabilities, k=cutoff, sorted=True
         )

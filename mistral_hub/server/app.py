@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from mistral_hub.server import protocol
+from mistral_hub.server import responses
 from mistral_hub.server.engine import GenerationEngine
 from mistral_hub.server.engine import Job
 from mistral_hub.server.protocol import APIError
@@ -156,7 +157,7 @@ class _Server:
         self.api_key = api_key
         self.context_length = int(context_length or causal_lm.preprocessor.sequence_length)
         self.request_timeout = float(request_timeout)
-        self.created = protocol.now()
+        self.created = responses.now()
         self.vocabulary_size = causal_lm.backbone.vocabulary_size
 
     # --- helpers -------------------------------------------------------------
@@ -336,7 +337,7 @@ class _Server:
     @_endpoint
     async def models(self, request):
         self._authorize(request)
-        return JSONResponse(protocol.model_list(self.model_name, self.created))
+        return JSONResponse(responses.model_list(self.model_name, self.created))
 
     @_endpoint
     async def completions(self, request):
@@ -353,7 +354,7 @@ class _Server:
                 p if isinstance(p, str) else self.tokenizer.detokenize([p])[0]
                 for p in parsed.prompts
             ]
-        fmt = protocol.CompletionFormat(self.model_name, echo_texts, options.n, self._token_text)
+        fmt = responses.CompletionFormat(self.model_name, echo_texts, options.n, self._token_text)
         # Log-probabilities come with the finished text, so those streams
         # send it in one piece at the end.
         job = Job(
@@ -390,7 +391,7 @@ class _Server:
         def read_reply(result):
             return self._read_reply(result, bool(tools), forced)
 
-        fmt = protocol.ChatFormat(self.model_name, options.n, self._token_text, read_reply)
+        fmt = responses.ChatFormat(self.model_name, options.n, self._token_text, read_reply)
         # Tool calls are only known once the reply is complete, and
         # log-probabilities come with the finished text: such streams send
         # the reply in one piece at the end.
@@ -419,9 +420,8 @@ class _Server:
         return named, True
 
     def _tool_calls_token_id(self):
-        from mistral_hub.models.mistral.mistral_tool_calls import tool_calls_token_id
-
-        token_id = tool_calls_token_id(self.tokenizer)
+        # Tokenizers with `parse_reply` (checked in `_tools`) name it.
+        token_id = self.tokenizer.tool_calls_token_id()
         if token_id is None:
             raise APIError(400, "This vocabulary has no [TOOL_CALLS] token.", param="tool_choice")
         return token_id
@@ -449,4 +449,4 @@ class _Server:
 
 
 def _usage(prompt_tokens, results):
-    return protocol.usage(prompt_tokens, sum(len(r.token_ids) for r in results))
+    return responses.usage(prompt_tokens, sum(len(r.token_ids) for r in results))

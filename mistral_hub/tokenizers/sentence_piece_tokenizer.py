@@ -67,15 +67,16 @@ class SentencePieceTokenizer(Tokenizer):
         **kwargs: `config_file` and standard `keras.layers.Layer` arguments.
 
     Example:
-    >>> from tests.test_data import mistral_test_proto
-    >>> tokenizer = SentencePieceTokenizer(mistral_test_proto())
-    >>> tokenizer(["the quick brown fox", "the earth is round"])
-    [[3, 8, 4, 6], [3, 5, 7, 9]]
-    >>> tokenizer.detokenize([3, 8, 4, 6])
-    'the quick brown fox'
-    >>> SentencePieceTokenizer(mistral_test_proto(), sequence_length=6)(
-    ...     "the fox").tolist()
-    [3, 6, 0, 0, 0, 0]
+    >>> from importlib import resources
+    >>> proto = (resources.files("mistral_hub") / "presets/mistral_hub_demo"
+    ...     / "assets/tokenizer/vocabulary.spm").read_bytes()
+    >>> tokenizer = SentencePieceTokenizer(proto)
+    >>> tokenizer(["the fox", "def f(x):"])
+    [[270, 288, 1957, 1980], [385, 288, 1978, 1980, 833]]
+    >>> tokenizer.detokenize([270, 288, 1957, 1980])
+    'the fox'
+    >>> SentencePieceTokenizer(proto, sequence_length=6)("the fox").tolist()
+    [270, 288, 1957, 1980, 0, 0]
     """
 
     file_assets = (VOCAB_FILENAME,)

@@ -5,7 +5,11 @@ import sys
 import keras
 import numpy as np
 
-from mistral_hub.utils import preset_utils
+from mistral_hub.utils.presets import builtin_presets
+from mistral_hub.utils.presets import load_tokenizer_assets
+from mistral_hub.utils.presets import save_tokenizer
+from mistral_hub.utils.presets import tokenizer_from_preset
+from mistral_hub.utils.python_utils import classproperty
 
 
 def _tf_graph_mode():
@@ -35,12 +39,43 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
+def check_text(name, text):
+    """Checks that a `str` is valid Unicode text (encodable as UTF-8).
+
+    Lone UTF-16 surrogates (`"\\ud800"`, from bad JSON or `surrogateescape`
+    decoding) are not text: SentencePiece rejects them with an unrelated
+    error and tiktoken silently replaces them with U+FFFD.
+
+    Args:
+        name: str. The argument's name, for the error message.
+        text: str. The text to check.
+
+    Raises:
+        ValueError: naming `name`, with the position of the surrogate.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"`{name}` must be valid Unicode text, but it holds a lone UTF-16 "
+            f"surrogate {text[e.start]!r} at position {e.start}. Received: "
+            f"{name}={_short_repr(text)}"
+        ) from None
+    return text
+
+
 def _canonicalize_strings(inputs):
-    """Turns tokenizer inputs into a `str` or nested lists of `str`."""
+    """Turns tokenizer inputs into a `str` or nested lists of valid `str`."""
     if isinstance(inputs, str):
-        return str(inputs)
+        return check_text("inputs", str(inputs))
     if isinstance(inputs, bytes):
-        return inputs.decode("utf-8")
+        try:
+            return inputs.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"`inputs` must be UTF-8 encoded: byte {e.start} of "
+                f"{_short_repr(inputs)} is not valid UTF-8 ({e.reason})."
+            ) from None
     if isinstance(inputs, (list, tuple)):
         return [_canonicalize_strings(item) for item in inputs]
     if not isinstance(inputs, np.ndarray) and _is_tensor(inputs):
@@ -198,8 +233,13 @@ class Tokenizer(keras.layers.Layer):
     """
 
     pad_token_id = 0
+    # What the preset code builds and saves this as (no isinstance there).
+    preset_kind = "tokenizer"
     # Names of the asset files `save_assets()` writes, for preset loaders.
     file_assets = ()
+    # Asset files keras_hub writes instead, read by `load_keras_hub_assets()`
+    # when a preset lacks `file_assets`.
+    keras_hub_file_assets = ()
 
     def __init__(
         self,
@@ -480,12 +520,12 @@ class Tokenizer(keras.layers.Layer):
         )
         return config
 
-    # --- presets (implemented in mistral_hub.utils.preset_utils) ----------
+    # --- presets (implemented in mistral_hub.utils.presets) ----------
 
-    @preset_utils.classproperty
+    @classproperty
     def presets(cls):
         """Built-in presets of this class: name -> metadata and handle."""
-        return preset_utils.builtin_presets(cls)
+        return builtin_presets(cls)
 
     @classmethod
     def from_preset(cls, preset, config_file="tokenizer.json", **kwargs):
@@ -500,15 +540,15 @@ class Tokenizer(keras.layers.Layer):
             config_file: str. The tokenizer config file in a Keras preset.
             **kwargs: config overrides, e.g. `sequence_length=16`.
         """
-        return preset_utils.tokenizer_from_preset(cls, preset, config_file, **kwargs)
+        return tokenizer_from_preset(cls, preset, config_file, **kwargs)
 
     def save_to_preset(self, preset_dir, overwrite=False):
         """Saves the config and vocabulary files atomically."""
-        preset_utils.save_tokenizer(self, preset_dir, overwrite)
+        save_tokenizer(self, preset_dir, overwrite)
 
     def load_preset_assets(self, preset):
         """Loads the vocabulary files of `preset` into this tokenizer."""
-        preset_utils.load_tokenizer_assets(self, preset)
+        load_tokenizer_assets(self, preset)
 
     def export_to_transformers(self, path, overwrite=False):
         """Writes `tokenizer.model` (or `tekken.json`) for transformers."""

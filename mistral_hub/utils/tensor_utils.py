@@ -1,4 +1,7 @@
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -89,3 +92,92 @@ def host_callback(callback, *args):
         tf.py_function(run, list(args), tf.int32)
     else:
         callback(*(ops.convert_to_numpy(a) for a in args))
+
+
+def numpy_dtype(dtype):
+    """The numpy dtype of a dtype name (bfloat16 from `ml_dtypes`)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def _aligned_empty(shape, dtype, alignment=64):
+    # XLA only adopts host buffers aligned like its own allocations.
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+class VariableWriter:
+    """Fills one variable chunk by chunk without a second full copy."""
+
+    def __init__(self, variable):
+        self.variable = variable
+        self.dtype = numpy_dtype(keras.backend.standardize_dtype(variable.dtype))
+        self.backend = keras.config.backend()
+        self.buffer = None
+        if self.backend == "jax":
+            old = getattr(variable, "_value", None)
+            if (
+                getattr(variable, "_layout", None) is None
+                and hasattr(old, "delete")
+                and not old.is_deleted()
+                and len(old.sharding.device_set) == 1
+            ):
+                # Free the initial value before the new one exists.
+                old.delete()
+            self.buffer = _aligned_empty(tuple(variable.shape), self.dtype)
+        elif self.backend not in ("torch", "tensorflow"):
+            self.buffer = np.empty(tuple(variable.shape), self.dtype)
+
+    def write(self, index, values):
+        values = values.astype(self.dtype, copy=False)
+        if self.buffer is not None:
+            self.buffer[index] = values
+        elif self.backend == "torch":
+            import torch
+
+            with warnings.catch_warnings():
+                # Read-only arrays are fine: the tensor is only copied from.
+                warnings.simplefilter("ignore", UserWarning)
+                if self.dtype.name == "bfloat16":
+                    # torch cannot read ml_dtypes arrays; reinterpret the bits.
+                    tensor = torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+                else:
+                    tensor = torch.from_numpy(values)
+            with torch.no_grad():
+                self.variable.value[index].copy_(tensor)
+        else:
+            import tensorflow as tf
+
+            # The raw op writes through the handle; `variable[index].assign`
+            # would first read the whole variable, and that pending read
+            # makes TensorFlow copy the full buffer before writing.
+            shape = tuple(self.variable.shape)
+            index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+            begin = [i.start or 0 for i in index]
+            end = [shape[d] if i.stop is None else i.stop for d, i in enumerate(index)]
+            tf.raw_ops.ResourceStridedSliceAssign(
+                ref=self.variable.value.handle,
+                begin=begin,
+                end=end,
+                strides=[1] * len(shape),
+                value=values,
+            )
+
+    def finish(self):
+        if self.buffer is None:
+            return
+        value = self.buffer
+        if self.backend == "jax" and getattr(self.variable, "_layout", None) is None:
+            import jax
+
+            try:
+                value = jax.device_put(self.buffer, may_alias=True)
+            except TypeError:  # Older JAX without `may_alias`.
+                value = jax.device_put(self.buffer)
+        self.variable.assign(value)
+        self.buffer = None

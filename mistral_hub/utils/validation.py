@@ -24,6 +24,7 @@ TypeError: f() got an unexpected keyword argument 'sliding_windw'. Did you mean 
 import difflib
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -190,3 +191,145 @@ def check_known_kwargs(callable_name, kwargs, allowed):
         message += f" Accepted: {', '.join(allowed)}."
     raise TypeError(message)
 
+
+
+# --- concrete token inputs -------------------------------------------------
+
+
+def concrete_array(value):
+    """Returns `value` as a numpy array, or None while it is symbolic.
+
+    Concrete values are Python lists and numbers, numpy arrays and eager
+    tensors of any backend; Keras, JAX-traced and TensorFlow-graph tensors
+    are symbolic (their values do not exist yet, so nothing can be checked).
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (list, tuple, numbers.Number, np.generic)):
+        return np.asarray(value)
+    module = type(value).__module__
+    if module.startswith("keras"):
+        return None
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(value, jax.core.Tracer):
+        return None
+    if module.startswith("torch"):
+        return None if value.is_meta else value.detach().cpu().numpy()
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.numpy() if hasattr(value, "numpy") and tf.executing_eagerly() else None
+    if hasattr(value, "__array__"):
+        return np.asarray(value)
+    return None
+
+
+def check_token_ids(name, token_ids, vocabulary_size):
+    """Checks concrete token ids: integers in `[0, vocabulary_size)`.
+
+    Symbolic tensors (inside a traced function) are not checked.
+
+    Args:
+        name: str. The argument's name, for the error message.
+        token_ids: ids of any shape (list, numpy array or eager tensor).
+        vocabulary_size: int. The number of embedding rows.
+
+    Returns:
+        The ids as a numpy array, or None for a symbolic tensor.
+
+    Raises:
+        ValueError: naming `name`, for float or bool ids and for an id out
+            of range (with its position and the vocabulary size).
+    """
+    array = concrete_array(token_ids)
+    if array is None:
+        return None
+    if array.dtype.kind not in "iu":
+        raise ValueError(
+            f"`{name}` must hold integer token ids. Received dtype "
+            f"{array.dtype}: {name}={_short(array)}"
+        )
+    bad = (array < 0) | (array >= vocabulary_size)
+    if bad.any():
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"`{name}` must hold token ids in [0, {vocabulary_size - 1}] (the "
+            f"vocabulary size is {vocabulary_size}). Received "
+            f"{name}[{', '.join(map(str, position))}]={array[position]}."
+        )
+    return array
+
+
+def check_padding_mask(name, padding_mask, shape=None):
+    """Checks a concrete padding mask: 0/1 values, right padded rows.
+
+    Each row (last axis) must be ones then zeros: the tokens, then the
+    padding. Left padding and gaps are refused, since positions and the
+    causal mask assume tokens start at 0. Symbolic tensors are not checked.
+
+    Args:
+        name: str. The argument's name, for the error message.
+        padding_mask: a bool or int mask (list, numpy array or eager tensor).
+        shape: optional tuple. The shape the mask must have (the ids').
+
+    Returns:
+        The mask as a bool numpy array, or None for a symbolic tensor.
+
+    Raises:
+        ValueError: naming `name`.
+    """
+    array = concrete_array(padding_mask)
+    if array is None:
+        return None
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have the shape of the token ids, {tuple(shape)}. "
+            f"Received shape {tuple(array.shape)}."
+        )
+    if array.dtype.kind not in "biu" or not np.isin(array, (0, 1)).all():
+        raise ValueError(
+            f"`{name}` must be a bool or 0/1 integer mask. Received dtype "
+            f"{array.dtype}: {name}={_short(array)}"
+        )
+    array = array.astype(bool)
+    if array.ndim == 0:
+        return array
+    rows = array.reshape(-1, array.shape[-1]) if array.size else array.reshape(0, 0)
+    holes = rows[:, 1:] & ~rows[:, :-1]
+    if holes.any():
+        row = int(np.argwhere(holes.any(axis=1))[0, 0])
+        raise ValueError(
+            f"`{name}` must be right padded: ones for the tokens, then zeros. "
+            f"Left padding and gaps are not supported. Received in row {row}: "
+            f"{_short(rows[row].astype(int))}"
+        )
+    return array
+
+
+def check_token_inputs(name, inputs, vocabulary_size):
+    """Checks a concrete `{"token_ids", "padding_mask"}` dict.
+
+    Args:
+        name: str or None. The argument holding the dict: messages name
+            `x['token_ids']`, or just `token_ids` when None.
+        inputs: the dict. Other structures are left to the caller.
+        vocabulary_size: int. The number of embedding rows.
+
+    Raises:
+        ValueError: naming the key, for ids out of range, float ids and
+            masks that are not right padded or do not match the ids' shape.
+    """
+    def key_name(key):
+        return f"{name}['{key}']" if name else key
+
+    token_ids = check_token_ids(key_name("token_ids"), inputs["token_ids"], vocabulary_size)
+    if inputs.get("padding_mask") is not None:
+        check_padding_mask(
+            key_name("padding_mask"),
+            inputs["padding_mask"],
+            None if token_ids is None else token_ids.shape,
+        )
+
+
+def _short(array):
+    text = np.array2string(np.asarray(array), threshold=16, separator=", ")
+    return text if len(text) <= 120 else text[:117] + "..."

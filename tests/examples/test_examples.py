@@ -44,3 +44,13 @@ def test_model_parallel():
     assert out.count(" -> ") == 4
     losses = [float(x) for x in re.search(r"fit losses: \[(.*)\]", out).group(1).split(",")]
     assert losses[1] < losses[0]
+
+
+def test_quantized_inference(tmp_path):
+    out = _run("quantized_inference.py", "--output", str(tmp_path))
+    sizes = re.search(r"Weights: ([\d,]+) -> ([\d,]+) bytes", out).groups()
+    before, after = (int(size.replace(",", "")) for size in sizes)
+    assert after < 0.3 * before, out
+    assert "Reloaded preset gives the same logits: True" in out
+    assert "generates the same text: True" in out
+    assert (tmp_path / "demo_int8" / "model.weights.h5").is_file()

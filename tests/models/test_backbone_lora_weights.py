@@ -154,3 +154,34 @@ def test_load_errors_leave_the_model_unchanged(tmp_path):
     with pytest.raises(FileNotFoundError):
         wider.load_lora_weights(str(tmp_path / "missing.lora.h5"))
 
+
+
+def test_lora_alpha_other_than_rank_survives_the_round_trip(tmp_path):
+    # The file format stores the rank only; Keras' `enable_lora(rank,
+    # lora_alpha=...)` lets a layer scale its update by `alpha / rank`.
+    backbone = tiny_backbone(seed=8)
+    backbone.enable_lora(2)
+    _randomize_adapters(backbone, seed=9)
+    scaled = [layer for layer in backbone._flatten_layers() if getattr(layer, "lora_enabled", False)]
+    unscaled = backbone_logits(backbone)
+    for layer in scaled:
+        layer.lora_alpha = 6.0
+    expected = backbone_logits(backbone)
+    assert np.abs(expected - unscaled).max() > 1e-2
+    path = str(tmp_path / "alpha.lora.h5")
+    backbone.save_lora_weights(path)
+
+    fresh = tiny_backbone(seed=8)
+    fresh.load_lora_weights(path)
+    np.testing.assert_allclose(backbone_logits(fresh), expected, rtol=1e-5, atol=1e-5)
+    twin = _keras_hub_twin(tiny_backbone(seed=8))
+    twin.load_lora_weights(path)
+    np.testing.assert_allclose(backbone_logits(twin), expected, rtol=1e-5, atol=1e-5)
+
+    enabled = tiny_backbone(seed=8)
+    enabled.enable_lora(2)
+    for layer in enabled._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_alpha = 6.0
+    enabled.load_lora_weights(path)
+    np.testing.assert_allclose(backbone_logits(enabled), expected, rtol=1e-5, atol=1e-5)

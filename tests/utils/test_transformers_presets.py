@@ -18,7 +18,7 @@ from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
 from mistral_hub.models.mistral.mistral_tekken_tokenizer import MistralTekkenTokenizer
 from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
 from mistral_hub.tokenizers.tokenizer import Tokenizer
-from mistral_hub.utils.transformers import convert_mistral
+from mistral_hub.models.mistral import mistral_checkpoint_conversion as convert_mistral
 from tests.models.mistral.hf_reference import hf_forward
 from tests.models.mistral.hf_reference import make_hf_model
 from tests.models.mistral.hf_reference import relative_error

@@ -3,6 +3,7 @@ import math
 import keras
 from keras import ops
 
+from mistral_hub.layers.dense import EinsumDense
 from mistral_hub.models.mistral.mistral_rotary_embedding import apply_rotary_embedding
 from mistral_hub.models.mistral.mistral_rotary_embedding import rotary_cos_sin
 from mistral_hub.utils.tensor_utils import call_layer
@@ -74,7 +75,7 @@ class CachedMistralAttention(keras.layers.Layer):
         hidden_dim = inputs_shape[-1]
 
         def projection(equation, output_shape, name):
-            layer = keras.layers.EinsumDense(
+            layer = EinsumDense(
                 equation,
                 output_shape=output_shape,
                 kernel_initializer=self._kernel_initializer,

@@ -12,6 +12,7 @@ from mistral_hub.models.mistral.mistral_transformer_decoder import (
 from mistral_hub.samplers.logits_processors import chain
 from mistral_hub.utils.tensor_utils import call_layer
 from mistral_hub.utils.tensor_utils import host_callback
+from mistral_hub.utils import validation
 from mistral_hub.utils.tensor_utils import update_along_axis
 
 # Prompts are prefilled in chunks of at most this many tokens, which bounds
@@ -270,7 +271,7 @@ class MistralCausalLM(CausalLM):
         sampler = sampler or self.sampler
         token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
         padding_mask = ops.cast(inputs["padding_mask"], "bool")
-        batch_size, max_length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        max_length = ops.shape(token_ids)[1]
         prefill_length = prefill_length or max_length
         prompt_lengths = ops.sum(ops.cast(padding_mask, "int32"), axis=-1)
         if left_padded:
@@ -381,6 +382,16 @@ class MistralCausalLM(CausalLM):
             )
         if scoring_mode == "loss" and target_ids is None:
             raise ValueError('`scoring_mode="loss"` needs `target_ids`.')
+        vocabulary_size = self.backbone.vocabulary_size
+        checked_ids = validation.check_token_ids("token_ids", token_ids, vocabulary_size)
+        if padding_mask is not None:
+            validation.check_padding_mask(
+                "padding_mask",
+                padding_mask,
+                None if checked_ids is None else checked_ids.shape,
+            )
+        if target_ids is not None:
+            validation.check_token_ids("target_ids", target_ids, vocabulary_size)
         token_ids = ops.convert_to_tensor(token_ids, "int32")
         if padding_mask is None:
             padding_mask = ops.ones_like(token_ids)

@@ -18,14 +18,13 @@ class MistralCausalLMPreprocessor(CausalLMPreprocessor):
         add_end_token: bool. Append `</s>` to training examples.
 
     Example:
-    >>> from tests.test_data import mistral_test_proto
-    >>> tokenizer = MistralTokenizer(proto=mistral_test_proto())
+    >>> tokenizer = MistralTokenizer.from_preset("mistral_hub_demo")
     >>> preprocessor = MistralCausalLMPreprocessor(tokenizer, sequence_length=8)
-    >>> x, y, sample_weight = preprocessor("the quick brown fox")
+    >>> x, y, sample_weight = preprocessor("the fox")
     >>> x["token_ids"].tolist()
-    [1, 3, 8, 4, 6, 2, 0, 0]
+    [1, 270, 288, 1957, 1980, 2, 0, 0]
     >>> y.tolist()
-    [3, 8, 4, 6, 2, 0, 0, 0]
+    [270, 288, 1957, 1980, 2, 0, 0, 0]
     """
 
     backbone_cls = MistralBackbone

@@ -33,6 +33,7 @@ import re
 from collections.abc import Mapping
 
 from mistral_hub.models.mistral.mistral_tool_calls import is_tool_call_id
+from mistral_hub.tokenizers.tokenizer import check_text
 
 CHAT_TEMPLATES = ("v1", "v3", "v7", "tekken")
 _ROLES = ("system", "user", "assistant", "tool")
@@ -218,6 +219,7 @@ def _normalize(messages, add_generation_prompt):
                 f"{where} content must be a str. Received: "
                 f"{type(content).__name__} {content!r}"
             )
+        check_text(f"messages[{index}]['content']", content)
         previous = turns[-1][0] if turns else None
         if role == "system":
             if turns:

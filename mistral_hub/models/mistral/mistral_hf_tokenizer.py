@@ -336,6 +336,10 @@ class MistralHFTokenizer(Tokenizer):
         self._check_vocabulary()
         return mistral_tool_calls.parse_reply(self, token_ids)
 
+    def tool_calls_token_id(self):
+        """The id of `[TOOL_CALLS]`, which starts function calls, or None."""
+        return mistral_tool_calls.tool_calls_token_id(self)
+
     def get_config(self):
         config = super().get_config()
         config.update(

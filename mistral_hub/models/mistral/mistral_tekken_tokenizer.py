@@ -265,8 +265,10 @@ class MistralTekkenTokenizer(Tokenizer):
         **kwargs: `config_file` and standard `keras.layers.Layer` arguments.
 
     Example:
-    >>> from tests.test_data import TEKKEN_MODEL
-    >>> tokenizer = MistralTekkenTokenizer(TEKKEN_MODEL)
+    Mistral NeMo's `tekken.json`, as shipped in `mistral-common`:
+    >>> import pathlib, mistral_common
+    >>> data = pathlib.Path(mistral_common.__file__).parent / "data"
+    >>> tokenizer = MistralTekkenTokenizer(str(data / "tekken_240718.json"))
     >>> tokenizer("Hello world")
     [22177, 4304]
     >>> tokenizer.detokenize([22177, 4304])
@@ -276,6 +278,8 @@ class MistralTekkenTokenizer(Tokenizer):
     """
 
     file_assets = (TEKKEN_FILENAME,)
+    # keras_hub saves Tekken vocabularies as byte-level BPE files.
+    keras_hub_file_assets = ("vocabulary.json", "merges.txt")
 
     def __init__(
         self,
@@ -289,6 +293,14 @@ class MistralTekkenTokenizer(Tokenizer):
         chat_template=None,
         **kwargs,
     ):
+        # keras_hub's Tekken configs carry its byte-pair tokenizer's
+        # `add_prefix_space` (False); Tekken never adds a prefix space.
+        add_prefix_space = kwargs.pop("add_prefix_space", False)
+        if add_prefix_space is not False:
+            raise ValueError(
+                "`add_prefix_space` must be False: Tekken never adds a prefix "
+                f"space. Received: add_prefix_space={add_prefix_space!r}"
+            )
         super().__init__(sequence_length=sequence_length, dtype=dtype, **kwargs)
         self.add_bos = add_bos
         self.add_eos = add_eos
@@ -337,6 +349,15 @@ class MistralTekkenTokenizer(Tokenizer):
 
     def load_assets(self, dir_path):
         self.set_vocabulary(os.path.join(dir_path, TEKKEN_FILENAME))
+
+    def load_keras_hub_assets(self, dir_path):
+        """Reads the `vocabulary.json` and `merges.txt` keras_hub writes."""
+        with open(os.path.join(dir_path, "vocabulary.json"), encoding="utf-8") as f:
+            vocabulary = json.load(f)
+        with open(os.path.join(dir_path, "merges.txt"), encoding="utf-8") as f:
+            merges = [line.rstrip("\n") for line in f if line.strip()]
+        data = _tekken_from_keras_hub_vocabulary(vocabulary, merges, self.split_pattern)
+        self._set_tekken(json.dumps(data).encode("utf-8"), data)
 
     def _check_vocabulary(self):
         if self._model is None:
@@ -445,6 +466,10 @@ class MistralTekkenTokenizer(Tokenizer):
         """
         self._check_vocabulary()
         return mistral_tool_calls.parse_reply(self, token_ids)
+
+    def tool_calls_token_id(self):
+        """The id of `[TOOL_CALLS]`, which starts function calls, or None."""
+        return mistral_tool_calls.tool_calls_token_id(self)
 
     def _default_chat_template(self):
         version = self._model.version or mistral_chat_template.infer_chat_template(

@@ -34,14 +34,17 @@ class MistralTokenizer(SentencePieceTokenizer):
             `SentencePieceTokenizer`, and `keras.layers.Layer` arguments.
 
     Example:
-    >>> from tests.test_data import V3_MODEL, mistral_test_proto
-    >>> tokenizer = MistralTokenizer(proto=mistral_test_proto())
-    >>> tokenizer(["the quick brown fox", "the earth is round"])
-    [[3, 8, 4, 6], [3, 5, 7, 9]]
+    >>> tokenizer = MistralTokenizer.from_preset("mistral_hub_demo")
+    >>> tokenizer(["the fox", "def f(x):"])
+    [[270, 288, 1957, 1980], [385, 288, 1978, 1980, 833]]
     >>> tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id
     (1, 2, 0)
-    >>> MistralTokenizer(V3_MODEL).apply_chat_template(
-    ...     [{"role": "user", "content": "Hello"}])
+
+    Mistral's v3 instruct vocabulary, as shipped in `mistral-common`:
+    >>> import pathlib, mistral_common
+    >>> data = pathlib.Path(mistral_common.__file__).parent / "data"
+    >>> v3 = MistralTokenizer(str(data / "mistral_instruct_tokenizer_240323.model.v3"))
+    >>> v3.apply_chat_template([{"role": "user", "content": "Hello"}])
     [1, 3, 23325, 4]
     """
 
@@ -135,6 +138,10 @@ class MistralTokenizer(SentencePieceTokenizer):
         """
         self._check_vocabulary()
         return mistral_tool_calls.parse_reply(self, token_ids)
+
+    def tool_calls_token_id(self):
+        """The id of `[TOOL_CALLS]`, which starts function calls, or None."""
+        return mistral_tool_calls.tool_calls_token_id(self)
 
     def get_config(self):
         config = super().get_config()

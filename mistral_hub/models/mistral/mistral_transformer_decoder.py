@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from mistral_hub.layers.dense import Dense
 from mistral_hub.models.mistral.mistral_attention import CachedMistralAttention
 from mistral_hub.models.mistral.mistral_layer_norm import MistralLayerNormalization
 from mistral_hub.utils.tensor_utils import call_layer
@@ -137,7 +138,7 @@ class MistralTransformerDecoder(keras.layers.Layer):
         self._self_attention_layernorm.build(decoder_sequence_shape)
 
         def dense(units, name):
-            return keras.layers.Dense(
+            return Dense(
                 units,
                 use_bias=False,
                 kernel_initializer=self.kernel_initializer,

@@ -4,10 +4,10 @@ import os
 import re
 
 from mistral_hub.utils import hub
-from mistral_hub.utils import preset_utils
+from mistral_hub.utils.presets.files import load_json
 from mistral_hub.utils import validation
 from mistral_hub.utils.adapters import linear_lora
-from mistral_hub.utils.transformers import convert_mistral
+from mistral_hub.utils.transformers import mistral_format
 from mistral_hub.utils.transformers.safetensors_io import SafetensorsCheckpoint
 
 LORA_WEIGHTS_FILE = "lora.safetensors"
@@ -24,7 +24,7 @@ def _native_modules():
     """`{"attention.wq": "self_attn.q_proj", ...}`, from the tensor names."""
     modules = {}
     for module in linear_lora.LAYER_NAMES:
-        native = convert_mistral.mistral_tensor_name(f"model.layers.0.{module}.weight")
+        native = mistral_format.mistral_tensor_name(f"model.layers.0.{module}.weight")
         modules[native[len("layers.0."):-len(".weight")]] = module
     return modules
 
@@ -90,7 +90,7 @@ def load_mistral_lora(model, path, scaling=None):
     source, weights_file = _locate(path)
     what = f"LoRA checkpoint `{source.description}`"
     if scaling is None and source.exists(PARAMS_FILE):
-        lora_params = preset_utils.load_json(source, PARAMS_FILE).get("lora") or {}
+        lora_params = load_json(source, PARAMS_FILE).get("lora") or {}
         scaling = lora_params.get("scaling")
     try:
         scaling = validation.check_positive_float(
@@ -130,6 +130,6 @@ def load_mistral_lora(model, path, scaling=None):
         lora_a = checkpoint.get_tensor(keys["A"])
         lora_b = checkpoint.get_tensor(keys["B"])
         if module in heads and lora_b.ndim == 2 and lora_b.shape[0] % heads[module] == 0:
-            lora_b = convert_mistral.rope_permute(lora_b, heads[module])
+            lora_b = mistral_format.rope_permute(lora_b, heads[module])
         adapters[f"model.layers.{layer}.{native_modules[module]}"] = (lora_a, lora_b, scaling)
     linear_lora.set_adapters(backbone, adapters, what)

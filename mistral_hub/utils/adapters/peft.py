@@ -4,7 +4,7 @@ import math
 import re
 
 from mistral_hub.utils import hub
-from mistral_hub.utils import preset_utils
+from mistral_hub.utils.presets.files import load_json
 from mistral_hub.utils import validation
 from mistral_hub.utils.adapters import linear_lora
 from mistral_hub.utils.transformers.safetensors_io import SafetensorsCheckpoint
@@ -107,7 +107,7 @@ def load_peft_adapter(model, adapter):
     """
     source = _source(adapter)
     what = f"PEFT adapter `{source.description}`"
-    config = preset_utils.load_json(source, ADAPTER_CONFIG_FILE)
+    config = load_json(source, ADAPTER_CONFIG_FILE)
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise ValueError(

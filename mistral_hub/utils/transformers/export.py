@@ -22,11 +22,19 @@ import re
 
 import keras
 
-from mistral_hub.utils import preset_utils
-from mistral_hub.utils.transformers import convert_mistral
+from mistral_hub.utils.presets import registry
+from mistral_hub.utils.presets.writing import preset_writer
 from mistral_hub.utils.transformers.safetensors_io import write_sharded_safetensors
 
 _MODEL_FILE = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$")
+
+
+def _holds_task_export(path):
+    # Only a task's export writes a generation config.
+    return os.path.isfile(os.path.join(path, "generation_config.json"))
+
+
+_holds_task_export.what = "model export with its generation config"
 
 
 def _is_transformers_dir(path):
@@ -88,13 +96,19 @@ def _write_model(directory, backbone, max_shard_size, max_position_embeddings, s
     for name in os.listdir(directory):
         if _MODEL_FILE.match(name):
             os.remove(os.path.join(directory, name))
+    converter = registry.backbone_converter(backbone)
+    if converter is None:
+        raise ValueError(
+            "`export_to_transformers` takes a backbone of a registered model "
+            f"family. Received: {type(backbone).__name__}"
+        )
     dtype = keras.backend.standardize_dtype(backbone.token_embedding.embeddings.dtype)
-    config = convert_mistral.hf_config_from_backbone(
+    config = converter.hf_config_from_backbone(
         backbone, max_position_embeddings=max_position_embeddings, dtype=dtype
     )
     config.update(special_ids)
     entries = []
-    for hf_name, variable, _, to_hf in convert_mistral.hf_weight_map(backbone):
+    for hf_name, variable, _, to_hf in converter.hf_weight_map(backbone):
         # A LoRA layer's `kernel` is not a variable but the merged tensor
         # `W + (alpha / rank) * A @ B` in the compute dtype, which is what
         # the layer multiplies by; it is written in the model's dtype.
@@ -111,61 +125,62 @@ def _write_model(directory, backbone, max_shard_size, max_position_embeddings, s
         json.dump(config, f, indent=2)
 
 
-def _write_tokenizer(directory, tokenizer, model_max_length):
-    from mistral_hub.models.mistral.mistral_tekken_tokenizer import MistralTekkenTokenizer
-    from mistral_hub.tokenizers.sentence_piece_tokenizer import SentencePieceTokenizer
+def write_sentencepiece_for_transformers(directory, tokenizer, model_max_length):
+    """Writes `tokenizer.model` for transformers' `LlamaTokenizer`.
 
+    Returns:
+        The `tokenizer_config.json` dict.
+    """
+    with open(_fresh(directory, "tokenizer.model"), "wb") as f:
+        f.write(tokenizer.proto)
+    special = {}
+    for attribute, key in (("start_token", "bos_token"), ("end_token", "eos_token")):
+        if getattr(tokenizer, attribute, None) is not None:
+            special[key] = getattr(tokenizer, attribute)
+    unk = tokenizer.id_to_token(0)
+    special["unk_token"] = unk
+    added = {}
+    for token in [unk] + [special[k] for k in ("bos_token", "eos_token") if k in special]:
+        added[str(tokenizer.token_to_id(token))] = {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "pad_token": None,
+        "clean_up_tokenization_spaces": False,
+        "spaces_between_special_tokens": False,
+        "model_max_length": model_max_length,
+        "added_tokens_decoder": added,
+        **special,
+    }
+    with open(_fresh(directory, "special_tokens_map.json"), "w") as f:
+        json.dump(special, f, indent=2)
+    return config
+
+
+def _write_tokenizer(directory, tokenizer, model_max_length):
     for name in ("tokenizer.model", "tekken.json", "tokenizer_config.json",
                  "special_tokens_map.json", "tokenizer.json"):
         path = os.path.join(directory, name)
         if os.path.lexists(path):
             os.remove(path)
-    if isinstance(tokenizer, MistralTekkenTokenizer):
-        # transformers reads Tekken vocabularies through mistral-common.
-        tokenizer.save_assets(directory)
-        config = {
-            "tokenizer_class": "MistralCommonBackend",
-            "model_max_length": model_max_length,
-        }
-    elif isinstance(tokenizer, SentencePieceTokenizer):
-        with open(_fresh(directory, "tokenizer.model"), "wb") as f:
-            f.write(tokenizer.proto)
-        special = {}
-        for attribute, key in (("start_token", "bos_token"), ("end_token", "eos_token")):
-            if getattr(tokenizer, attribute, None) is not None:
-                special[key] = getattr(tokenizer, attribute)
-        unk = tokenizer.id_to_token(0)
-        special["unk_token"] = unk
-        added = {}
-        for token in [unk] + [special[k] for k in ("bos_token", "eos_token") if k in special]:
-            added[str(tokenizer.token_to_id(token))] = {
-                "content": token,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": True,
-            }
-        config = {
-            "tokenizer_class": "LlamaTokenizer",
-            "add_bos_token": True,
-            "add_eos_token": False,
-            "legacy": False,
-            "pad_token": None,
-            "clean_up_tokenization_spaces": False,
-            "spaces_between_special_tokens": False,
-            "model_max_length": model_max_length,
-            "added_tokens_decoder": added,
-            **special,
-        }
-        with open(_fresh(directory, "special_tokens_map.json"), "w") as f:
-            json.dump(special, f, indent=2)
-    else:
+    # Each model family registers the tokenizers it can export.
+    writer = registry.transformers_tokenizer_writer(tokenizer)
+    if writer is None:
         raise ValueError(
             "Only SentencePiece (`MistralTokenizer`) and Tekken "
             "(`MistralTekkenTokenizer`) tokenizers can be exported. Received: "
             f"{type(tokenizer).__name__}"
         )
+    config = writer(directory, tokenizer, model_max_length)
     with open(_fresh(directory, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2)
 
@@ -211,19 +226,16 @@ def export_to_transformers(
     >>> sorted(os.listdir(directory))
     ['config.json', 'model.safetensors']
     """
-    from mistral_hub.models.backbone import Backbone
-    from mistral_hub.models.preprocessor import Preprocessor
-    from mistral_hub.models.task import Task
-    from mistral_hub.tokenizers.tokenizer import Tokenizer
-
-    if isinstance(obj, Backbone):
+    # The base classes say what they are in `preset_kind`.
+    kind = getattr(obj, "preset_kind", None)
+    if kind == "backbone":
         backbone, tokenizer, task = obj, None, None
-    elif isinstance(obj, Task):
+    elif kind == "task":
         backbone, task = obj.backbone, obj
         tokenizer = obj.preprocessor.tokenizer if obj.preprocessor is not None else None
-    elif isinstance(obj, Preprocessor):
+    elif kind == "preprocessor":
         backbone, tokenizer, task = None, obj.tokenizer, None
-    elif isinstance(obj, Tokenizer):
+    elif kind == "tokenizer":
         backbone, tokenizer, task = None, obj, None
     else:
         raise ValueError(
@@ -238,8 +250,13 @@ def export_to_transformers(
             "bos_token_id": int(tokenizer.start_token_id),
             "eos_token_id": int(tokenizer.end_token_id),
         }
-    with preset_utils.preset_writer(
-        path, overwrite, mergeable=_is_transformers_dir, kind="transformers Mistral directory"
+    with preset_writer(
+        path,
+        overwrite,
+        mergeable=_is_transformers_dir,
+        kind="transformers Mistral directory",
+        part=None if task is not None else kind,
+        part_of=None if task is not None else _holds_task_export,
     ) as writer:
         directory = writer.directory
         if backbone is not None:

@@ -18,15 +18,24 @@ copied from the embeddings). A `MistralModel` checkpoint (architectures
 embeddings, with a warning.
 """
 
-import re
 import warnings
 
 import keras
-import numpy as np
 
 from mistral_hub.utils import dtype_utils
-from mistral_hub.utils import preset_utils
-from mistral_hub.utils.transformers import convert_mistral
+from mistral_hub.utils.presets import registry
+from mistral_hub.utils.presets.files import CONFIG_FILE
+from mistral_hub.utils.presets.files import load_json
+from mistral_hub.utils.presets.loading import PresetLoader
+from mistral_hub.utils.presets.loading import check_tokenizer_class
+from mistral_hub.utils.presets.memory import maybe_skip_initialization
+from mistral_hub.utils.presets.memory import trim_memory
+from mistral_hub.utils.presets.serialization import check_token_ids
+from mistral_hub.utils.transformers import checkpoint_weights
+from mistral_hub.utils.transformers.checkpoint_weights import FLOAT_DTYPES
+# The row mapping, used here by tests written before it moved.
+from mistral_hub.utils.transformers.checkpoint_weights import _layout  # noqa: F401
+from mistral_hub.utils.transformers.checkpoint_weights import keras_slice  # noqa: F401
 from mistral_hub.utils.transformers.safetensors_io import SafetensorsCheckpoint
 
 HF_WEIGHTS_FILE = "model.safetensors"
@@ -43,13 +52,9 @@ MISTRAL_WEIGHTS_INDEX_FILE = "consolidated.safetensors.index.json"
 # Pickle-based formats. Loading them could run arbitrary code, so they are
 # refused instead.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def _backbone_cls():
-    from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
-
-    return MistralBackbone
+# Tensors are read and stored in pieces of about this size, so loading
+# needs little memory beyond the model itself.
+_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 def _refuse_pickles(source, what):
@@ -115,285 +120,26 @@ def _prefix_tolerant(checkpoint):
     return _RenamedCheckpoint(checkpoint, rename)
 
 
-def _layout(hf_name):
-    """How rows of a transformers tensor land in its Keras variable.
-
-    - `"rows"`: rows are variable rows (the embedding);
-    - `"cols"`: rows are variable columns (`(out, in)` kernels, `lm_head`);
-    - `"heads"`: groups of `head_dim` rows are heads of a `(hidden, heads,
-      head_dim)` q/k/v kernel;
-    - `"out"`: rows are the last axis of a `(heads, head_dim, hidden)`
-      output kernel;
-    - `"whole"`: 1-D norm scales.
-
-    Must agree with `convert_mistral.hf_weight_map` (tested).
-    """
-    if hf_name == "model.embed_tokens.weight":
-        return "rows"
-    if hf_name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
-        return "heads"
-    if hf_name.endswith("o_proj.weight"):
-        return "out"
-    if hf_name.endswith("norm.weight"):
-        return "whole"
-    return "cols"
-
-
-def keras_slice(layout, chunk, start, stop, head_dim):
-    """Maps rows `start:stop` of a transformers tensor to the Keras layout.
-
-    Args:
-        layout: str, see `_layout`.
-        chunk: array, rows `start:stop` of the transformers tensor.
-        start, stop: int. The rows.
-        head_dim: int. Rows per head (`"heads"` and `"out"` layouts).
-
-    Returns:
-        `(index, values)`: `variable[index] = values` stores the chunk.
-    """
-    everything = slice(None)
-    if layout in ("rows", "whole"):
-        return (slice(start, stop),), chunk
-    if layout == "cols":
-        return (everything, slice(start, stop)), chunk.T
-    if layout == "heads":
-        heads = (stop - start) // head_dim
-        index = (everything, slice(start // head_dim, stop // head_dim), everything)
-        return index, chunk.T.reshape(chunk.shape[1], heads, head_dim)
-    # "out": (rows of hidden, heads * head_dim) -> (heads, head_dim, rows)
-    values = chunk.T.reshape(chunk.shape[1] // head_dim, head_dim, stop - start)
-    return (everything, everything, slice(start, stop)), values
-
-
-def _hf_shape(layout, shape):
-    if layout in ("rows", "whole"):
-        return tuple(shape)
-    if layout == "cols":
-        return tuple(shape[::-1])
-    if layout == "heads":
-        return (shape[1] * shape[2], shape[0])
-    return (shape[2], shape[0] * shape[1])
-
-
-# Tensors are read and stored in pieces of about this size, so loading
-# needs little memory beyond the model itself.
-_CHUNK_BYTES = 16 * 1024 * 1024
-
-
-def _weight_plan(backbone, tie_word_embeddings):
-    """`(hf_name, source tensor, variable)` for every backbone variable."""
-    plan = []
-    for hf_name, variable, _, _ in convert_mistral.hf_weight_map(backbone):
-        source = hf_name
-        if hf_name == "lm_head.weight" and tie_word_embeddings:
-            source = "model.embed_tokens.weight"
-        plan.append((hf_name, source, variable))
-    return plan
-
-
-_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def _check_checkpoint(plan, checkpoint, backbone, tie_word_embeddings, config_keys):
-    """Compares the checkpoint's headers with the plan.
-
-    `config_keys` names the config keys behind the hints: `"num_layers"` and
-    `"tie"` map to e.g. "`num_hidden_layers` in `config.json`".
-
-    Returns:
-        `(mismatches, loadable)`: a `preset_utils.WeightMismatches` and the
-        plan entries that match.
-    """
-    mismatches = preset_utils.WeightMismatches("the checkpoint")
-    loadable = []
-    for hf_name, source, variable in plan:
-        if not checkpoint.has_tensor(source):
-            mismatches.add("missing", f"`{checkpoint.source_name(source)}`")
-            continue
-        name = checkpoint.source_name(source)
-        expected = _hf_shape(_layout(hf_name), tuple(variable.shape))
-        stored = tuple(checkpoint.shape(source))
-        dtype = checkpoint.dtype(source)
-        if stored != expected:
-            mismatches.add(
-                "shape",
-                f"`{name}` -> `{variable.path}`: the checkpoint stores {stored}, "
-                f"the model expects {expected}",
-            )
-        elif dtype not in convert_mistral.FLOAT_DTYPES:
-            mismatches.add(
-                "dtype",
-                f"`{name}` is {dtype}, but `{variable.path}` holds floats (integer "
-                "tensors are never cast)",
-            )
-        else:
-            loadable.append((hf_name, source, variable))
-    used = {checkpoint.source_name(src) for _, src, _ in plan if checkpoint.has_tensor(src)}
-    for name in sorted(set(checkpoint.keys()) - used):
-        mismatches.add("unexpected", f"`{name}`")
-    layers = {int(m.group(1)) for m in map(_LAYER_INDEX.search, checkpoint.keys()) if m}
-    if layers and max(layers) + 1 != backbone.num_layers:
-        mismatches.hints.append(
-            f"the checkpoint holds {max(layers) + 1} decoder layers, the model "
-            f"{backbone.num_layers}: does {config_keys['num_layers']} match the weights?"
-        )
-    if not tie_word_embeddings and not checkpoint.has_tensor("lm_head.weight"):
-        mismatches.hints.append(
-            "the config does not tie the output projection to the embeddings "
-            f"({config_keys['tie']} false or absent), so the checkpoint needs "
-            "its own output projection"
-        )
-    return mismatches, loadable
-
-
-def _load_weights(backbone, checkpoint, tie_word_embeddings, what, strict, config_keys):
-    """Checks the checkpoint, then streams its tensors into the backbone.
-
-    Nothing is read before the headers are compared with the model (see
-    `_check_checkpoint`): with `strict`, any difference raises; otherwise
-    the matching tensors load and a warning lists the rest.
-
-    Same mapping as `convert_mistral.load_hf_weights`, arranged to keep peak
-    memory close to the model size: each tensor is read in row chunks of
-    about 16 MB, cast in numpy to the variable's dtype (exact for bfloat16
-    -> float32, round-to-nearest-even the other way, never through
-    float16) and written in place into the variable (torch, TensorFlow) or
-    into a buffer that becomes the new value without a copy (JAX, whose
-    previous value is freed first).
-    """
-    head_dim = backbone.resolved_head_dim
-    plan = _weight_plan(backbone, tie_word_embeddings)
-    mismatches, loadable = _check_checkpoint(
-        plan, checkpoint, backbone, tie_word_embeddings, config_keys
-    )
-    mismatches.report(what, type(backbone).__name__, strict)
-    for hf_name, source, variable in preset_utils.progress(loadable, f"Converting {what}"):
-        layout = _layout(hf_name)
-        stored = tuple(checkpoint.shape(source))
-        row_bytes = max(1, int(np.prod(stored[1:], dtype=np.int64)) * 4)
-        step = max(1, _CHUNK_BYTES // row_bytes)
-        if layout == "heads":
-            step = max(head_dim, step // head_dim * head_dim)
-        writer = _VariableWriter(variable)
-        for start in range(0, stored[0], step):
-            stop = min(start + step, stored[0])
-            chunk = checkpoint.get_rows(source, start, stop)
-            writer.write(*keras_slice(layout, chunk, start, stop, head_dim))
-            del chunk
-        writer.finish()
-        _trim_memory()
-
-
-_trim_memory = preset_utils.trim_memory
-
-
-def _numpy_dtype(dtype):
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dtype)
-
-
-def _aligned_empty(shape, dtype, alignment=64):
-    # XLA only adopts host buffers aligned like its own allocations.
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + alignment, np.uint8)
-    offset = (-raw.ctypes.data) % alignment
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
-
-
-class _VariableWriter:
-    """Fills one variable chunk by chunk without a second full copy."""
-
-    def __init__(self, variable):
-        self.variable = variable
-        self.dtype = _numpy_dtype(keras.backend.standardize_dtype(variable.dtype))
-        self.backend = keras.config.backend()
-        self.buffer = None
-        if self.backend == "jax":
-            old = getattr(variable, "_value", None)
-            if (
-                getattr(variable, "_layout", None) is None
-                and hasattr(old, "delete")
-                and not old.is_deleted()
-                and len(old.sharding.device_set) == 1
-            ):
-                # Free the initial value before the new one exists.
-                old.delete()
-            self.buffer = _aligned_empty(tuple(variable.shape), self.dtype)
-        elif self.backend not in ("torch", "tensorflow"):
-            self.buffer = np.empty(tuple(variable.shape), self.dtype)
-
-    def write(self, index, values):
-        values = values.astype(self.dtype, copy=False)
-        if self.buffer is not None:
-            self.buffer[index] = values
-        elif self.backend == "torch":
-            import torch
-
-            with warnings.catch_warnings():
-                # Read-only arrays are fine: the tensor is only copied from.
-                warnings.simplefilter("ignore", UserWarning)
-                if self.dtype.name == "bfloat16":
-                    # torch cannot read ml_dtypes arrays; reinterpret the bits.
-                    tensor = torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
-                else:
-                    tensor = torch.from_numpy(values)
-            with torch.no_grad():
-                self.variable.value[index].copy_(tensor)
-        else:
-            import tensorflow as tf
-
-            # The raw op writes through the handle; `variable[index].assign`
-            # would first read the whole variable, and that pending read
-            # makes TensorFlow copy the full buffer before writing.
-            shape = tuple(self.variable.shape)
-            index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-            begin = [i.start or 0 for i in index]
-            end = [shape[d] if i.stop is None else i.stop for d, i in enumerate(index)]
-            tf.raw_ops.ResourceStridedSliceAssign(
-                ref=self.variable.value.handle,
-                begin=begin,
-                end=end,
-                strides=[1] * len(shape),
-                value=values,
-            )
-
-    def finish(self):
-        if self.buffer is None:
-            return
-        value = self.buffer
-        if self.backend == "jax" and getattr(self.variable, "_layout", None) is None:
-            import jax
-
-            try:
-                value = jax.device_put(self.buffer, may_alias=True)
-            except TypeError:  # Older JAX without `may_alias`.
-                value = jax.device_put(self.buffer)
-        self.variable.assign(value)
-        self.buffer = None
-
-
 def _dtype_name(value):
     if value is None:
         return None
     name = str(value).replace("torch.", "")
-    return name if name in _FLOAT_DTYPES else None
+    return name if name in FLOAT_DTYPES else None
 
 
-class _CheckpointLoader(preset_utils.PresetLoader):
+class _CheckpointLoader(PresetLoader):
     """Shared parts of the transformers and Mistral loaders.
 
-    Subclasses set `backbone_kwargs` and `tied` from their config file, and
-    the class attributes `config_file`, `config_keys` (backbone argument ->
-    key in that file) and `tie_key`, which error messages name.
+    Subclasses set `converter` (the model family's `CheckpointConverter`),
+    `backbone_kwargs` and `tied` from their config file, `config_keys`
+    (backbone argument -> key in that file), and the class attributes
+    `config_file` and `tie_key`, which error messages name.
     """
 
     tokenizer_files = ()
 
     def check_backbone_class(self):
-        return _backbone_cls()
+        return self.converter.backbone_cls
 
     def backbone_config_keys(self):
         return set(self.backbone_kwargs)
@@ -419,11 +165,12 @@ class _CheckpointLoader(preset_utils.PresetLoader):
                 or keras.config.dtype_policy().name
             )
         # Random values are only needed for weights a non-strict load skips.
-        with preset_utils._maybe_skip_initialization(load_weights and strict):
+        with maybe_skip_initialization(load_weights and strict):
             backbone = self._build(cls, kwargs, dtype)
         if load_weights:
-            _trim_memory()
-            _load_weights(
+            trim_memory()
+            checkpoint_weights.load_weights(
+                self.converter,
                 backbone,
                 checkpoint,
                 self.tie_word_embeddings(checkpoint),
@@ -433,6 +180,7 @@ class _CheckpointLoader(preset_utils.PresetLoader):
                     "num_layers": f"`{self.config_keys['num_layers']}` in `{self.config_file}`",
                     "tie": f"`{self.tie_key}` in `{self.config_file}`",
                 },
+                _CHUNK_BYTES,
             )
         return backbone
 
@@ -467,36 +215,26 @@ class _CheckpointLoader(preset_utils.PresetLoader):
         return None
 
     def load_tokenizer(self, cls, config_file=None, **kwargs):
-        from mistral_hub.models.mistral.mistral_tekken_tokenizer import (
-            MistralTekkenTokenizer,
-        )
-        from mistral_hub.models.mistral.mistral_hf_tokenizer import MistralHFTokenizer
-        from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
-
         name = self._tokenizer_file()
         if name is None:
             raise FileNotFoundError(
                 f"Preset `{self.source.description}` has no Mistral tokenizer: "
                 f"expected one of {', '.join(self.tokenizer_files)}."
             )
+        found = self.converter.tokenizer_class(name)
         if name == HF_TOKENIZER_FILE:
-            found = MistralHFTokenizer
             hf_config = self._hf_tokenizer_config()
             kwargs = {**_hf_special_tokens(hf_config), **kwargs}
-        elif name.endswith(".json"):
-            found = MistralTekkenTokenizer
-        else:
-            found = MistralTokenizer
         what = f"`{name}` of preset `{self.source.description}`"
-        preset_utils._check_tokenizer_class(found, cls, what)
+        check_tokenizer_class(found, cls, what)
         target = cls if issubclass(cls, found) else found
         path = self.source.get_file(name)
         try:
             tokenizer = target(path, **kwargs)
         except ValueError as e:
             raise ValueError(f"{what}: {e}") from e
-        if found is MistralHFTokenizer and tokenizer.chat_template is None:
-            tokenizer.chat_template = _hf_chat_convention(
+        if name == HF_TOKENIZER_FILE and tokenizer.chat_template is None:
+            tokenizer.chat_template = self.converter.chat_template_from_jinja(
                 tokenizer, self._hf_jinja_template(hf_config)
             )
         return tokenizer
@@ -504,7 +242,7 @@ class _CheckpointLoader(preset_utils.PresetLoader):
     def _hf_tokenizer_config(self):
         if not self.source.exists(HF_TOKENIZER_CONFIG_FILE):
             return {}
-        return preset_utils.load_json(self.source, HF_TOKENIZER_CONFIG_FILE)
+        return load_json(self.source, HF_TOKENIZER_CONFIG_FILE)
 
     def _hf_jinja_template(self, hf_config):
         """The checkpoint's Jinja chat template(s) as one string, or None."""
@@ -532,26 +270,10 @@ def _hf_special_tokens(hf_config):
     return tokens
 
 
-def _hf_chat_convention(tokenizer, jinja_template):
-    """The chat convention when the checkpoint's template rules out v7.
-
-    A vocabulary may reserve `[SYSTEM_PROMPT]` without its model using it
-    (Mistral NeMo's Tekken vocabulary). `tokenizer.json` does not record the
-    version that tells, but a Jinja chat template without `[SYSTEM_PROMPT]`
-    does. Returns None (infer from the vocabulary) otherwise.
-    """
-    if (
-        jinja_template is None
-        or "[SYSTEM_PROMPT]" in jinja_template
-        or tokenizer._control_token_id("[SYSTEM_PROMPT]") is None
-        or tokenizer._control_token_id("[INST]") is None
-    ):
-        return None
-    return "tekken" if tokenizer._text_prefix == "" else "v3"
-
-
 class TransformersPresetLoader(_CheckpointLoader):
-    """Loads a transformers `MistralForCausalLM` checkpoint directory.
+    """Loads a transformers checkpoint directory (e.g. `MistralForCausalLM`).
+
+    The model family that registered the config's `model_type` converts it.
 
     Reads `config.json`, `model.safetensors` (or the shards of
     `model.safetensors.index.json`), `tokenizer.model` or `tekken.json` (or
@@ -565,18 +287,21 @@ class TransformersPresetLoader(_CheckpointLoader):
     def __init__(self, source, config):
         super().__init__(source, config)
         model_type = config.get("model_type")
-        if model_type != "mistral":
+        self.converter = registry.transformers_converter(model_type)
+        if self.converter is None:
+            supported = ", ".join(
+                f"`model_type: \"{t}\"`" for t in registry.transformers_model_types()
+            )
             raise ValueError(
                 f"Preset `{source.description}` is a transformers `{model_type}` "
-                "checkpoint; mistral_hub loads only `model_type: \"mistral\"` "
-                "(MistralForCausalLM) checkpoints."
+                f"checkpoint; mistral_hub loads only {supported} checkpoints."
             )
-        what = f"`{preset_utils.CONFIG_FILE}` of preset `{source.description}`"
-        self.backbone_kwargs = convert_mistral.backbone_kwargs_from_hf_config(config, what)
-        self.tied = convert_mistral.hf_tie_word_embeddings(config, what)
+        what = f"`{CONFIG_FILE}` of preset `{source.description}`"
+        self.backbone_kwargs = self.converter.backbone_kwargs_from_hf_config(config, what)
+        self.tied = self.converter.hf_tie_word_embeddings(config, what)
+        self.config_keys = self.converter.hf_config_keys
 
-    config_file = preset_utils.CONFIG_FILE
-    config_keys = convert_mistral.HF_CONFIG_KEYS
+    config_file = CONFIG_FILE
     tie_key = "tie_word_embeddings"
 
     def saved_dtype(self):
@@ -586,14 +311,15 @@ class TransformersPresetLoader(_CheckpointLoader):
         if self.tied:
             return True
         architectures = self.config.get("architectures")
+        base = self.converter.transformers_base_architecture
         if (
             isinstance(architectures, list)
-            and "MistralModel" in architectures
-            and "MistralForCausalLM" not in architectures
+            and base in architectures
+            and self.converter.transformers_architecture not in architectures
             and not checkpoint.has_tensor("lm_head.weight")
         ):
             warnings.warn(
-                f"Preset `{self.source.description}` is a `MistralModel` checkpoint, "
+                f"Preset `{self.source.description}` is a `{base}` checkpoint, "
                 "without a language-model head: the output projection "
                 "(`lm_head`) is initialized from the token embeddings.",
                 stacklevel=2,
@@ -610,7 +336,7 @@ class TransformersPresetLoader(_CheckpointLoader):
         elif source.exists(MISTRAL_PARAMS_FILE):
             # Some repositories ship only Mistral's own weights next to a
             # transformers config.
-            params = preset_utils.load_json(source, MISTRAL_PARAMS_FILE)
+            params = load_json(source, MISTRAL_PARAMS_FILE)
             return MistralPresetLoader(source, params).checkpoint()
         else:
             _refuse_pickles(source, "weights")
@@ -629,14 +355,14 @@ class TransformersPresetLoader(_CheckpointLoader):
                 ints in `[0, vocab_size)` (with `strict=False` they are
                 dropped with a warning instead).
         """
-        configs = [(preset_utils.CONFIG_FILE, self.config)]
+        configs = [(CONFIG_FILE, self.config)]
         if self.source.exists(GENERATION_CONFIG_FILE):
-            generation = preset_utils.load_json(self.source, GENERATION_CONFIG_FILE)
+            generation = load_json(self.source, GENERATION_CONFIG_FILE)
             configs.insert(0, (GENERATION_CONFIG_FILE, generation))
         vocabulary_size = self.backbone_kwargs["vocabulary_size"]
         for name, config in configs:
             if config.get("eos_token_id") is not None:
-                ids = preset_utils.check_token_ids(
+                ids = check_token_ids(
                     "eos_token_id",
                     config["eos_token_id"],
                     vocabulary_size,
@@ -659,11 +385,14 @@ class MistralPresetLoader(_CheckpointLoader):
     def __init__(self, source, params):
         super().__init__(source, params)
         what = f"`{MISTRAL_PARAMS_FILE}` of preset `{source.description}`"
-        self.backbone_kwargs = convert_mistral.backbone_kwargs_from_mistral_params(params, what)
-        self.tied = convert_mistral.mistral_tied_embeddings(params, what)
+        self.converter = registry.native_converter(params)
+        if self.converter is None:
+            raise ValueError(f"No model family reads the {what}.")
+        self.backbone_kwargs = self.converter.backbone_kwargs_from_native_params(params, what)
+        self.tied = self.converter.native_tied_embeddings(params, what)
+        self.config_keys = self.converter.native_params_keys
 
     config_file = MISTRAL_PARAMS_FILE
-    config_keys = convert_mistral.MISTRAL_PARAMS_KEYS
     tie_key = "tied_embeddings"
 
     def tie_word_embeddings(self, checkpoint):
@@ -711,13 +440,8 @@ class MistralPresetLoader(_CheckpointLoader):
                 f"Preset `{source.description}` has no `{MISTRAL_WEIGHTS_FILE}` "
                 "(pickled `consolidated.*.pth` weights are not supported)."
             )
-        kwargs = self.backbone_kwargs
-        head_dim = kwargs["head_dim"] or kwargs["hidden_dim"] // kwargs["num_query_heads"]
-
-        def transform(name, value):
-            # Rows arrive in whole heads, and the permutation is per head.
-            if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
-                return convert_mistral.rope_permute(value, value.shape[0] // head_dim)
-            return value
-
-        return _RenamedCheckpoint(checkpoint, convert_mistral.mistral_tensor_name, transform)
+        return _RenamedCheckpoint(
+            checkpoint,
+            self.converter.native_tensor_name,
+            self.converter.native_tensor_transform(self.backbone_kwargs),
+        )

@@ -18,6 +18,7 @@ import struct
 import numpy as np
 
 from mistral_hub.utils import hub
+from mistral_hub.utils.presets.files import preset_file
 
 _CODES = {
     "F64": "float64",
@@ -107,9 +108,7 @@ class SafetensorsCheckpoint:
 
     def _local_path(self, file_name):
         if file_name not in self._paths:
-            from mistral_hub.utils import preset_utils
-
-            self._paths[file_name] = preset_utils.preset_file(
+            self._paths[file_name] = preset_file(
                 self.source, file_name, "shard file name"
             )
         return self._paths[file_name]

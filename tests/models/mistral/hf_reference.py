@@ -5,8 +5,10 @@ import torch
 import transformers
 
 from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
-from mistral_hub.utils.transformers.convert_mistral import backbone_kwargs_from_hf_config
-from mistral_hub.utils.transformers.convert_mistral import load_hf_weights
+from mistral_hub.models.mistral.mistral_checkpoint_conversion import (
+    backbone_kwargs_from_hf_config,
+)
+from mistral_hub.models.mistral.mistral_checkpoint_conversion import load_hf_weights
 
 
 def make_hf_model(seed=0, **config_overrides):

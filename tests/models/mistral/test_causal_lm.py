@@ -12,9 +12,7 @@ from mistral_hub.models.mistral.mistral_causal_lm_preprocessor import (
     MistralCausalLMPreprocessor,
 )
 from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
-from mistral_hub.models.mistral.mistral_transformer_decoder import compute_attention_mask
 from mistral_hub.samplers import BeamSampler
-from mistral_hub.samplers import GreedySampler
 from tests.models.mistral.hf_reference import keras_backbone_from_hf
 from tests.models.mistral.hf_reference import make_hf_model
 from tests.test_data import mistral_test_proto

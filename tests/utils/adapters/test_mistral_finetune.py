@@ -16,7 +16,7 @@ import torch
 from safetensors.numpy import save_file
 
 from mistral_hub.utils.adapters import load_mistral_lora
-from mistral_hub.utils.transformers import convert_mistral
+from mistral_hub.models.mistral import mistral_checkpoint_conversion as convert_mistral
 from tests.models.mistral.hf_reference import hf_forward
 from tests.models.mistral.hf_reference import keras_backbone_from_hf
 from tests.models.mistral.hf_reference import make_hf_model

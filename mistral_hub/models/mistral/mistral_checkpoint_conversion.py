@@ -1,12 +1,27 @@
-"""Conversion between transformers' `MistralForCausalLM` format and ours."""
+"""Mistral checkpoints: transformers' `MistralForCausalLM` and Mistral's format.
+
+Maps transformers' `config.json` and Mistral's `params.json` to
+`MistralBackbone` arguments, and transformers tensors to backbone variables
+(both ways); `MistralCheckpointConverter` gives them to the generic loaders
+and exporter in `mistral_hub.utils.transformers`, which the family
+registers (see `mistral_hub.models.mistral`).
+"""
+
 
 import numpy as np
 
+from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
+from mistral_hub.models.mistral.mistral_hf_tokenizer import MistralHFTokenizer
+from mistral_hub.models.mistral.mistral_tekken_tokenizer import MistralTekkenTokenizer
+from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
 from mistral_hub.utils import validation
+from mistral_hub.utils.presets import registry
+from mistral_hub.utils.transformers.mistral_format import mistral_tensor_name
+from mistral_hub.utils.transformers.mistral_format import rope_permute
+from mistral_hub.utils.transformers.mistral_format import rope_unpermute  # noqa: F401
+from mistral_hub.utils.transformers.checkpoint_weights import FLOAT_DTYPES
 
 _SUPPORTED_ACTIVATIONS = ("silu", "swish")
-# Checkpoint dtypes that load into float weights (others are refused).
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def _config_error(what, message):
@@ -421,68 +436,84 @@ def mistral_tied_embeddings(params, what="params.json"):
         raise _config_error(what, str(e)) from None
 
 
-_HF_TO_MISTRAL = [
-    (r"^model\.embed_tokens\.weight$", "tok_embeddings.weight"),
-    (r"^model\.norm\.weight$", "norm.weight"),
-    (r"^lm_head\.weight$", "output.weight"),
-    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"layers.\1.attention_norm.weight"),
-    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"layers.\1.ffn_norm.weight"),
-    (
-        r"^model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight$",
-        r"layers.\1.attention.w\2.weight",
-    ),
-    (r"^model\.layers\.(\d+)\.mlp\.gate_proj\.weight$", r"layers.\1.feed_forward.w1.weight"),
-    (r"^model\.layers\.(\d+)\.mlp\.down_proj\.weight$", r"layers.\1.feed_forward.w2.weight"),
-    (r"^model\.layers\.(\d+)\.mlp\.up_proj\.weight$", r"layers.\1.feed_forward.w3.weight"),
-]
+def _chat_template_from_jinja(tokenizer, jinja_template):
+    """The chat convention when the checkpoint's template rules out v7.
+
+    A vocabulary may reserve `[SYSTEM_PROMPT]` without its model using it
+    (Mistral NeMo's Tekken vocabulary). `tokenizer.json` does not record the
+    version that tells, but a Jinja chat template without `[SYSTEM_PROMPT]`
+    does. Returns None (infer from the vocabulary) otherwise.
+    """
+    if (
+        jinja_template is None
+        or "[SYSTEM_PROMPT]" in jinja_template
+        or tokenizer._control_token_id("[SYSTEM_PROMPT]") is None
+        or tokenizer._control_token_id("[INST]") is None
+    ):
+        return None
+    return "tekken" if tokenizer._text_prefix == "" else "v3"
 
 
-def mistral_tensor_name(hf_name):
-    """The mistral-inference name of a transformers tensor name.
+class MistralCheckpointConverter(registry.CheckpointConverter):
+    """Reads and writes Mistral checkpoints for the generic loaders.
 
     Example:
-    >>> mistral_tensor_name("model.layers.3.mlp.gate_proj.weight")
-    'layers.3.feed_forward.w1.weight'
+    >>> converter = MistralCheckpointConverter()
+    >>> converter.backbone_kwargs_from_native_params({"dim": 8, "n_layers": 1,
+    ...     "n_heads": 2, "n_kv_heads": 1, "hidden_dim": 16, "vocab_size": 10,
+    ...     "norm_eps": 1e-5}, "params.json")["hidden_dim"]
+    8
     """
-    import re
 
-    for pattern, replacement in _HF_TO_MISTRAL:
-        name, count = re.subn(pattern, replacement, hf_name)
-        if count:
-            return name
-    raise ValueError(f"No mistral-inference name for tensor `{hf_name}`.")
+    backbone_cls = MistralBackbone
+    transformers_model_types = ("mistral",)
+    transformers_architecture = "MistralForCausalLM"
+    transformers_base_architecture = "MistralModel"
+    hf_config_keys = HF_CONFIG_KEYS
+    native_params_keys = MISTRAL_PARAMS_KEYS
+
+    def claims_native_params(self, params):
+        # Mistral's dense models define the format; what they do not support
+        # (e.g. mixture of experts) `backbone_kwargs_from_native_params`
+        # refuses by name.
+        return True
+
+    backbone_kwargs_from_hf_config = staticmethod(backbone_kwargs_from_hf_config)
+    hf_tie_word_embeddings = staticmethod(hf_tie_word_embeddings)
+    backbone_kwargs_from_native_params = staticmethod(backbone_kwargs_from_mistral_params)
+    native_tied_embeddings = staticmethod(mistral_tied_embeddings)
+    native_tensor_name = staticmethod(mistral_tensor_name)
+    hf_weight_map = staticmethod(hf_weight_map)
+    hf_config_from_backbone = staticmethod(hf_config_from_backbone)
+    chat_template_from_jinja = staticmethod(_chat_template_from_jinja)
+
+    def native_tensor_transform(self, backbone_kwargs):
+        head_dim = (
+            backbone_kwargs["head_dim"]
+            or backbone_kwargs["hidden_dim"] // backbone_kwargs["num_query_heads"]
+        )
+
+        def transform(name, value):
+            # Rows arrive in whole heads, and the permutation is per head.
+            if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+                return rope_permute(value, value.shape[0] // head_dim)
+            return value
+
+        return transform
+
+    def tokenizer_class(self, file_name):
+        if file_name == "tokenizer.json":
+            return MistralHFTokenizer
+        if file_name.endswith(".json"):
+            return MistralTekkenTokenizer
+        return MistralTokenizer
 
 
-def rope_permute(weight, num_heads):
-    """Reorders q/k projection rows from Mistral's to transformers' RoPE layout.
-
-    mistral-inference rotates interleaved pairs `(x[2i], x[2i+1])` of each
-    head; transformers (and mistral_hub) rotate halves `(x[i], x[i+d/2])`.
-    Permuting the rows of `wq`/`wk` per head maps one onto the other (the
-    same permutation as transformers' conversion script).
-
-    Args:
-        weight: array `(num_heads * head_dim, hidden)`.
-        num_heads: int.
-
-    Returns:
-        The permuted array, same shape.
-    """
-    rows, hidden = weight.shape
-    head_dim = rows // num_heads
-    return (
-        weight.reshape(num_heads, head_dim // 2, 2, hidden)
-        .transpose(0, 2, 1, 3)
-        .reshape(rows, hidden)
-    )
-
-
-def rope_unpermute(weight, num_heads):
-    """Inverse of `rope_permute` (transformers -> Mistral layout)."""
-    rows, hidden = weight.shape
-    head_dim = rows // num_heads
-    return (
-        weight.reshape(num_heads, 2, head_dim // 2, hidden)
-        .transpose(0, 2, 1, 3)
-        .reshape(rows, hidden)
-    )
+def write_tekken_for_transformers(directory, tokenizer, model_max_length):
+    """Writes `tekken.json`; returns its `tokenizer_config.json` dict."""
+    # transformers reads Tekken vocabularies through mistral-common.
+    tokenizer.save_assets(directory)
+    return {
+        "tokenizer_class": "MistralCommonBackend",
+        "model_max_length": model_max_length,
+    }

@@ -1,0 +1,155 @@
+"""Per-backend compilation of inference functions, in one place.
+
+Task code states what it wants (an inference function compiled against a
+model's current weights, host callbacks flushed) and this module says how
+each backend does it, so no `keras.config.backend()` branch is needed
+elsewhere.
+
+Example:
+
+```python
+import numpy as np
+import keras
+from mistral_hub.utils import backend
+
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+double = backend.compile_inference_function(model, lambda x: model(x) * 2)
+double(np.ones((1, 3), "float32"))
+```
+"""
+
+import itertools
+
+import keras
+
+
+def compile_inference_function(model, function, jit_compile=True):
+    """Compiles `function(*args)`, which reads `model`'s weights, for inference.
+
+    JAX: `jax.jit` of a stateless function of the weights (the current
+    variable values are passed in on every call, so later weight updates
+    are seen without retracing); TensorFlow: `tf.function`; torch: eager
+    under `torch.no_grad()`, so in-place updates of tensors stay outside
+    autograd. With `model.run_eagerly`, JAX and TensorFlow run `function`
+    as is.
+
+    Args:
+        model: the `keras.Model` whose variables `function` reads.
+        function: a Python function of tensors.
+        jit_compile: bool. On TensorFlow, compile with XLA; functions that
+            call back into Python (see `tensor_utils.host_callback`) must
+            pass False.
+
+    Returns:
+        A function with the same arguments and results as `function`.
+    """
+    backend = keras.config.backend()
+    if backend == "jax" and not model.run_eagerly:
+        import jax
+
+        @jax.jit
+        def compiled(state, *args):
+            trainable, non_trainable = state
+            mapping = itertools.chain(
+                zip(model.trainable_variables, trainable),
+                zip(model.non_trainable_variables, non_trainable),
+            )
+            with keras.StatelessScope(state_mapping=mapping):
+                return function(*args)
+
+        def run(*args):
+            state = (
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+            )
+            return compiled(state, *args)
+
+        return run
+    if backend == "tensorflow" and not model.run_eagerly:
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=jit_compile)
+    if backend == "torch":
+        import torch
+
+        def run(*args):
+            with torch.no_grad():
+                return function(*args)
+
+        return run
+    return function
+
+
+def wait_for_host_callbacks():
+    """Returns once every host callback of finished compiled calls has run.
+
+    JAX runs `jax.debug.callback` asynchronously; TensorFlow and torch call
+    back synchronously, so there is nothing to wait for.
+    """
+    if keras.config.backend() == "jax":
+        import jax
+
+        jax.effects_barrier()
+
+
+def run_keeping_variables(model, method, **kwargs):
+    """Runs a Keras trainer method; on error, the variables keep values.
+
+    Keras' JAX trainer detaches every variable's value while it runs
+    (`_purge_model_variables`) and reattaches the state of the last
+    completed step at the end (`jax_state_sync`); a call that fails
+    before a step completed would leave them detached and the model
+    unusable. Holding the values from before the call puts them back then.
+    TensorFlow and torch update variables in place, so they need nothing.
+
+    Args:
+        model: the compiled `keras.Model` whose `method` runs.
+        method: `model.fit`, `model.evaluate` or `model.predict` (bound).
+        **kwargs: passed to `method`.
+    """
+    if keras.config.backend() != "jax":
+        return method(**kwargs)
+    if model.optimizer is not None and not model.optimizer.built:
+        # Build the slots now so that they are held like the weights.
+        model.optimizer.build(model.trainable_variables)
+    held = {id(variable): variable._value for variable in _state_variables(model)}
+    try:
+        return method(**kwargs)
+    except BaseException as error:
+        # `fit` reattaches the last completed step's state itself;
+        # `evaluate` and `predict` leave it in `_jax_state`.
+        if getattr(model, "_jax_state", None):
+            model.jax_state_sync()
+        model._jax_state = None
+        lost = _reattach(held, _state_variables(model), set(map(id, model.variables)))
+        if lost:
+            error.add_note(
+                f"{len(lost)} model variables (e.g. {lost[0]}) could not be "
+                "restored: their buffers were given to the step that "
+                "failed. Reload the weights before using the model."
+            )
+        raise
+
+
+def _state_variables(model):
+    variables = list(model.variables)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    return variables + list(model.metrics_variables)
+
+
+def _reattach(held_values, variables, model_variable_ids):
+    """Gives detached variables back their values; returns the lost ones' paths."""
+    lost = []
+    for variable in variables:
+        if variable._value is not None:
+            continue  # Reattached by Keras: the last completed step's value.
+        value = held_values.get(id(variable))
+        if value is not None and not value.is_deleted():
+            variable._value = value
+        elif id(variable) in model_variable_ids:
+            lost.append(variable.path)
+        else:
+            # Metrics and optimizer slots start from zeros.
+            variable._value = keras.ops.zeros(variable.shape, variable.dtype)
+    return lost
