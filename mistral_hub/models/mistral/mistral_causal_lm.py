@@ -374,6 +374,11 @@ class MistralCausalLM(CausalLM):
 
         Returns:
             Logits or per-token losses.
+
+        Raises:
+            ValueError: for an unknown `scoring_mode`, a missing `target_ids`
+                in `"loss"` mode, ids outside the vocabulary, or a
+                `padding_mask` that is not right-padded.
         """
         if scoring_mode not in ("logits", "loss"):
             raise ValueError(
