@@ -207,10 +207,15 @@ class Backbone(FunctionalModel):
         """Saves `config.json`, `metadata.json` and the weights atomically.
 
         Args:
-            preset_dir: str or path. Adds to an existing Keras preset there.
-            max_shard_size: float. Shard the weights above this many GB.
+            preset_dir: str or path. Adds to an existing Keras preset there
+                (e.g. one holding the tokenizer); through a symbolic link,
+                the directory it points to is written.
+            max_shard_size: float (GB) or a size string like `"5GB"`;
+                weights larger than this are sharded.
             overwrite: bool. Needed to replace a non-empty directory that is
-                not a Keras preset.
+                not a Keras preset, or a task preset (`task.json`) that a
+                backbone alone would leave inconsistent; the directory then
+                holds just this backbone.
         """
         save_backbone(self, preset_dir, max_shard_size, overwrite)
 

@@ -83,7 +83,16 @@ class Preprocessor(keras.layers.Layer):
         return preprocessor_from_preset(cls, preset, config_file, **kwargs)
 
     def save_to_preset(self, preset_dir, overwrite=False):
-        """Saves the preprocessor and its tokenizer (with assets) atomically."""
+        """Saves the preprocessor and its tokenizer (with assets) atomically.
+
+        Args:
+            preset_dir: str or path. Adds to an existing Keras preset there
+                (e.g. next to a saved backbone, as keras_hub does).
+            overwrite: bool. Needed to write into a non-empty directory that
+                is not a Keras preset, or into a task preset (`task.json`),
+                which this part alone would leave inconsistent; the
+                directory is then replaced by what is written.
+        """
         save_preprocessor(self, preset_dir, overwrite)
 
     def load_preset_assets(self, preset):

@@ -180,7 +180,8 @@ class Task(FunctionalModel):
 
         Args:
             preset_dir: str or path. Adds to an existing Keras preset there.
-            max_shard_size: float. Shard the weights above this many GB.
+            max_shard_size: float (GB) or a size string like `"5GB"`;
+                weights larger than this are sharded.
             overwrite: bool. Needed to replace a non-empty directory that is
                 not a Keras preset.
         """

@@ -543,7 +543,16 @@ class Tokenizer(keras.layers.Layer):
         return tokenizer_from_preset(cls, preset, config_file, **kwargs)
 
     def save_to_preset(self, preset_dir, overwrite=False):
-        """Saves the config and vocabulary files atomically."""
+        """Saves the config and vocabulary files atomically.
+
+        Args:
+            preset_dir: str or path. Adds to an existing Keras preset there
+                (e.g. next to a saved backbone, as keras_hub does).
+            overwrite: bool. Needed to write into a non-empty directory that
+                is not a Keras preset, or into a task preset (`task.json`),
+                which this part alone would leave inconsistent; the
+                directory is then replaced by what is written.
+        """
         save_tokenizer(self, preset_dir, overwrite)
 
     def load_preset_assets(self, preset):
