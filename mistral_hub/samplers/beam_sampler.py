@@ -8,7 +8,7 @@ from mistral_hub.samplers.sampler import PAD_TOKEN_ID
 from mistral_hub.samplers.sampler import Sampler
 from mistral_hub.samplers.sampler import check_positive_int
 from mistral_hub.samplers.sampler import is_stop_token
-from mistral_hub.samplers.sampler import repeat_rows
+from mistral_hub.utils.tensor_utils import repeat_rows
 
 # Initial score of the placeholder beams: low enough never to beat a real
 # beam, finite so that adding log probabilities cannot produce NaN.

@@ -7,7 +7,7 @@ from keras import tree
 from mistral_hub.samplers.sampler import Sampler
 from mistral_hub.samplers.sampler import check_number
 from mistral_hub.samplers.sampler import check_positive_int
-from mistral_hub.samplers.sampler import repeat_rows
+from mistral_hub.utils.tensor_utils import repeat_rows
 
 
 @keras.saving.register_keras_serializable(package="mistral_hub")

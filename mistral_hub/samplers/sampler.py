@@ -312,28 +312,6 @@ def _takes_two_arguments(function):
     return True
 
 
-def repeat_rows(x, repeats):
-    """Repeats each row of `x` `repeats` times, into memory of its own.
-
-    Row `i` becomes rows `i * repeats ... (i + 1) * repeats - 1`. Keras'
-    torch `ops.repeat` may return a broadcast view (it does for a batch of
-    one) whose rows share memory; the model updates a repeated KV cache in
-    place on torch, which torch refuses on such a view.
-
-    Args:
-        x: A tensor, batch first.
-        repeats: int, the copies of every row.
-
-    Returns:
-        A `(batch * repeats, ...)` tensor.
-    """
-    if keras.config.backend() == "torch":
-        import torch
-
-        return torch.repeat_interleave(ops.convert_to_tensor(x), repeats, dim=0)
-    return ops.repeat(x, repeats, axis=0)
-
-
 def is_stop_token(token, stop_token_ids):
     """Returns a `(batch,)` bool: whether each of `token` is a stop id."""
     stop_ids = ops.convert_to_tensor(list(stop_token_ids), dtype=token.dtype)

@@ -153,3 +153,57 @@ def _reattach(held_values, variables, model_variable_ids):
             # Metrics and optimizer slots start from zeros.
             variable._value = keras.ops.zeros(variable.shape, variable.dtype)
     return lost
+
+
+def store_variables_in_float32(model, variables):
+    """Changes the storage dtype of `variables` to float32, keeping the objects.
+
+    Optimizers, layers and (on torch) modules keep referring to the same
+    variable objects, so nothing needs rebuilding.
+
+    Args:
+        model: the `keras.Model` the variables belong to (on TensorFlow,
+            new `tf.Variable`s are created in its distribution scope).
+        variables: list of `keras.Variable`s.
+    """
+    if keras.config.backend() == "tensorflow" and hasattr(model, "distribute_strategy"):
+        with model.distribute_strategy.scope():
+            for variable in variables:
+                _store_in_float32(variable)
+        return
+    for variable in variables:
+        _store_in_float32(variable)
+
+
+def _store_in_float32(variable):
+    backend = keras.config.backend()
+    if backend == "torch":
+        import torch
+
+        # Same `torch.nn.Parameter`, so modules' parameter lists stay valid.
+        parameter = variable.value
+        with torch.no_grad():
+            parameter.data = parameter.data.to(torch.float32)
+        variable._dtype = "float32"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        # A `tf.Variable` cannot change dtype: make a new one in its place.
+        value = tf.cast(variable.value, "float32")
+        variable._dtype = "float32"
+        with tf.init_scope():
+            variable._initialize(value)
+    else:
+        value = keras.ops.cast(variable.value, "float32")
+        variable._dtype = "float32"
+        variable._direct_assign(value)
+
+
+def has_fused_attention():
+    """Whether `keras.ops.dot_product_attention` beats the einsum path.
+
+    It is a fused kernel on torch (SDPA) and lets XLA pick its attention
+    implementation on JAX; TensorFlow's version is the einsum path with the
+    keys and values repeated per query head.
+    """
+    return keras.config.backend() in ("jax", "torch")

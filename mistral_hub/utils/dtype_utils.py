@@ -18,10 +18,11 @@ Two rules live here:
   gives.
 """
 
-import contextlib
 import warnings
 
 import keras
+
+from mistral_hub.utils import backend
 
 HALF_PRECISION_DTYPES = ("bfloat16", "float16")
 
@@ -98,13 +99,7 @@ def promote_for_training(model, optimizer=None, stacklevel=2):
     slots = []
     if optimizer is not None and optimizer.built:
         slots = [v for v in optimizer.variables if _dtype(v) in HALF_PRECISION_DTYPES]
-    scope = contextlib.nullcontext()
-    if keras.config.backend() == "tensorflow" and hasattr(model, "distribute_strategy"):
-        # New `tf.Variable`s must be created like the old ones.
-        scope = model.distribute_strategy.scope()
-    with scope:
-        for variable in promoted + slots:
-            _to_float32(variable)
+    backend.store_variables_in_float32(model, promoted + slots)
     promoted_ids = {id(v) for v in promoted}
     everything = not any(_dtype(v) in HALF_PRECISION_DTYPES for v in model.weights)
     for layer in model._flatten_layers(include_self=True):
@@ -158,28 +153,3 @@ def mixed_policy(policy):
     key = "source_name" if policy.quantization_mode is not None else "name"
     config["config"][key] = f"mixed_{compute}"
     return keras.dtype_policies.deserialize(config)
-
-
-def _to_float32(variable):
-    """Changes a variable's storage dtype to float32, keeping the object."""
-    backend = keras.config.backend()
-    if backend == "torch":
-        import torch
-
-        # Same `torch.nn.Parameter`, so modules' parameter lists stay valid.
-        parameter = variable.value
-        with torch.no_grad():
-            parameter.data = parameter.data.to(torch.float32)
-        variable._dtype = "float32"
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        # A `tf.Variable` cannot change dtype: make a new one in its place.
-        value = tf.cast(variable.value, "float32")
-        variable._dtype = "float32"
-        with tf.init_scope():
-            variable._initialize(value)
-    else:
-        value = keras.ops.cast(variable.value, "float32")
-        variable._dtype = "float32"
-        variable._direct_assign(value)

@@ -181,3 +181,25 @@ class VariableWriter:
                 value = jax.device_put(self.buffer)
         self.variable.assign(value)
         self.buffer = None
+
+
+def repeat_rows(x, repeats):
+    """Repeats each row of `x` `repeats` times, into memory of its own.
+
+    Row `i` becomes rows `i * repeats ... (i + 1) * repeats - 1`. Keras'
+    torch `ops.repeat` may return a broadcast view (it does for a batch of
+    one) whose rows share memory; the model updates a repeated KV cache in
+    place on torch, which torch refuses on such a view.
+
+    Args:
+        x: A tensor, batch first.
+        repeats: int, the copies of every row.
+
+    Returns:
+        A `(batch * repeats, ...)` tensor.
+    """
+    if keras.config.backend() == "torch":
+        import torch
+
+        return torch.repeat_interleave(ops.convert_to_tensor(x), repeats, dim=0)
+    return ops.repeat(x, repeats, axis=0)

@@ -6,6 +6,7 @@ from keras import ops
 from mistral_hub.layers.dense import EinsumDense
 from mistral_hub.models.mistral.mistral_rotary_embedding import apply_rotary_embedding
 from mistral_hub.models.mistral.mistral_rotary_embedding import rotary_cos_sin
+from mistral_hub.utils import backend
 from mistral_hub.utils.tensor_utils import call_layer
 from mistral_hub.utils.tensor_utils import update_along_axis
 
@@ -182,14 +183,11 @@ class CachedMistralAttention(keras.layers.Layer):
         return attention_output
 
     def _use_fused_attention(self, query_length, training):
-        # `ops.dot_product_attention` is a fused kernel on torch (SDPA) and
-        # lets XLA pick its attention implementation on JAX; both beat the
-        # einsum path on many queries (prefill). TensorFlow's version is the
-        # einsum path with the keys and values repeated per query head. One
-        # query (decoding) is fastest as the grouped einsum, which never
+        # Fused attention beats the einsum path on many queries (prefill);
+        # one query (decoding) is fastest as the grouped einsum, which never
         # repeats the cached keys and values.
         return (
-            keras.config.backend() in ("jax", "torch")
+            backend.has_fused_attention()
             and query_length != 1
             and not (training and self._dropout > 0)
         )
