@@ -1,10 +1,10 @@
-
 import keras
+from keras.src.backend.common import global_state
 
 from mistral_hub.models.functional_model import FunctionalModel
 from mistral_hub.utils import dtype_utils
-from mistral_hub.utils.adapters import keras_hub_lora
 from mistral_hub.utils import validation
+from mistral_hub.utils.adapters import keras_hub_lora
 from mistral_hub.utils.presets import backbone_from_preset
 from mistral_hub.utils.presets import builtin_presets
 from mistral_hub.utils.presets import save_backbone
@@ -40,6 +40,19 @@ class Backbone(FunctionalModel):
     @token_embedding.setter
     def token_embedding(self, value):
         self._token_embedding = value
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Concrete ids entering the library here are range-checked (ids out
+        # of range give NaN on JAX and raw errors elsewhere). Only for a
+        # call from outside any layer: inside a task's forward pass the task
+        # checked its inputs, and a per-step check would cost a host sync.
+        if (
+            global_state.get_global_attribute("current_call_ctx") is None
+            and isinstance(inputs, dict)
+            and "token_ids" in inputs
+        ):
+            validation.check_token_inputs(None, inputs, self.token_embedding.input_dim)
+        return super().__call__(inputs, *args, **kwargs)
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Quantizes the weights, as `keras.Model.quantize` does.

@@ -87,34 +87,16 @@ class CausalLM(Task):
         self.__dict__["_auto_scale_loss"] = kwargs.get("auto_scale_loss", True)
 
     def get_quantization_layer_structure(self, mode):
-        """The layer structure Keras' GPTQ and AWQ quantizers walk.
+        """The backbone's; see `Backbone.get_quantization_layer_structure`.
 
         `quantize("gptq", config=keras.quantizers.GPTQConfig(...))` (or
-        `"awq"`) calls this to find the layers that turn token ids into
-        hidden states and the transformer blocks to quantize one after the
-        other.
-
-        Args:
-            mode: str. The quantization mode.
-
-        Returns:
-            For `"gptq"` and `"awq"`, a dict with `"pre_block_layers"` (the
-            token embedding) and `"sequential_blocks"` (the transformer
-            layers); None for other modes, which need no structure.
-
-        Example:
-        >>> from mistral_hub.models.mistral.mistral_backbone import MistralBackbone
-        >>> from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
-        >>> backbone = MistralBackbone(vocabulary_size=10, num_layers=2,
-        ...     num_query_heads=2, hidden_dim=8, intermediate_dim=16,
-        ...     num_key_value_heads=1)
-        >>> structure = MistralCausalLM(backbone).get_quantization_layer_structure("gptq")
-        >>> len(structure["sequential_blocks"])
-        2
+        `"awq"`) on the task calls this to find the layers that turn token
+        ids into hidden states and the blocks to quantize one by one.
         """
         return self.backbone.get_quantization_layer_structure(mode)
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Quantizes the weights, as `Backbone.quantize` (see there)."""
         # Keras quantizes the task's layers directly, not through
         # `Backbone.quantize`: refuse what would fail midway here too.
         self.backbone._check_quantizable(mode, config)

@@ -1,7 +1,6 @@
 import inspect
 
 import keras
-from keras.src.backend.common import global_state
 
 from mistral_hub.layers.reversible_embedding import ReversibleEmbedding
 from mistral_hub.models.backbone import Backbone
@@ -228,19 +227,6 @@ class MistralBackbone(Backbone):
         self.sliding_window = sliding_window
         self.head_dim = head_dim
         self.dropout = dropout
-
-    def __call__(self, inputs, *args, **kwargs):
-        # Concrete ids entering the library here are range-checked (ids out
-        # of range give NaN on JAX and raw errors elsewhere). Only for a
-        # call from outside any layer: inside a task's forward pass the task
-        # checked its inputs, and a per-step check would cost a host sync.
-        if (
-            global_state.get_global_attribute("current_call_ctx") is None
-            and isinstance(inputs, dict)
-            and "token_ids" in inputs
-        ):
-            validation.check_token_inputs(None, inputs, self.vocabulary_size)
-        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None, mask=None):
         _validate_inputs(inputs)

@@ -188,3 +188,47 @@ def set_adapters(model, adapters, what):
         layer.lora_kernel_a.assign(a.astype("float32"))
         layer.lora_kernel_b.assign(b.astype("float32"))
     return keras_rank
+
+
+def read_lora_pairs(checkpoint, key_pattern, what):
+    """Reads a checkpoint's LoRA factor pairs.
+
+    Args:
+        checkpoint: a `SafetensorsCheckpoint`.
+        key_pattern: compiled regex matching every tensor name, with the
+            groups `(layer index, module name, "A" or "B")`.
+        what: str. The adapter's description, for error messages.
+
+    Returns:
+        `{(layer, module): (lora_a, lora_b)}` with `layer` an int, in order.
+
+    Raises:
+        ValueError: for a tensor the pattern does not match, or a module
+            with only one of its two factors.
+    """
+    pairs = {}
+    unsupported = []
+    for key in checkpoint.keys():
+        match = key_pattern.match(key)
+        if match is None:
+            unsupported.append(key)
+            continue
+        layer, module, matrix = match.groups()
+        pairs.setdefault((int(layer), module), {})[matrix] = key
+    if unsupported:
+        raise ValueError(
+            f"{what} holds tensors other than LoRA adapters of the attention "
+            f"and MLP projections: {', '.join(sorted(unsupported)[:5])}"
+            f"{', ...' if len(unsupported) > 5 else ''}."
+        )
+    factors = {}
+    for (layer, module), keys in sorted(pairs.items()):
+        if set(keys) != {"A", "B"}:
+            raise ValueError(
+                f"{what} has only `lora_{''.join(keys)}` for `layers.{layer}.{module}`."
+            )
+        factors[layer, module] = (
+            checkpoint.get_tensor(keys["A"]),
+            checkpoint.get_tensor(keys["B"]),
+        )
+    return factors

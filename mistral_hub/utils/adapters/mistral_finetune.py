@@ -105,30 +105,10 @@ def load_mistral_lora(model, path, scaling=None):
     }
     native_modules = _native_modules()
     checkpoint = SafetensorsCheckpoint(source, files=[weights_file])
-    pairs = {}
-    unsupported = []
-    for key in checkpoint.keys():
-        match = _LORA_KEY.match(key)
-        if match is None:
-            unsupported.append(key)
-            continue
-        layer, module, matrix = match.groups()
-        pairs.setdefault((int(layer), module), {})[matrix] = key
-    if unsupported:
-        raise ValueError(
-            f"{what} holds tensors other than LoRA adapters of the attention "
-            f"and MLP projections: {', '.join(sorted(unsupported)[:5])}"
-            f"{', ...' if len(unsupported) > 5 else ''}."
-        )
     adapters = {}
-    for (layer, module), keys in sorted(pairs.items()):
-        if set(keys) != {"A", "B"}:
-            raise ValueError(
-                f"{what} has only `lora_{''.join(keys)}` for "
-                f"`layers.{layer}.{module}`."
-            )
-        lora_a = checkpoint.get_tensor(keys["A"])
-        lora_b = checkpoint.get_tensor(keys["B"])
+    for (layer, module), (lora_a, lora_b) in linear_lora.read_lora_pairs(
+        checkpoint, _LORA_KEY, what
+    ).items():
         if module in heads and lora_b.ndim == 2 and lora_b.shape[0] % heads[module] == 0:
             lora_b = mistral_format.rope_permute(lora_b, heads[module])
         adapters[f"model.layers.{layer}.{native_modules[module]}"] = (lora_a, lora_b, scaling)

@@ -129,29 +129,10 @@ def load_peft_adapter(model, adapter):
             "`save_pretrained(..., safe_serialization=True)`."
         )
     checkpoint = SafetensorsCheckpoint(source, files=[ADAPTER_WEIGHTS_FILE])
-    pairs = {}
-    unsupported = []
-    for key in checkpoint.keys():
-        match = _LORA_KEY.match(key)
-        if match is None:
-            unsupported.append(key)
-            continue
-        layer, module, matrix = match.groups()
-        pairs.setdefault(f"model.layers.{layer}.{module}", {})[matrix] = key
-    if unsupported:
-        raise ValueError(
-            f"{what} holds weights other than LoRA adapters of the attention "
-            f"and MLP projections: {', '.join(sorted(unsupported)[:5])}"
-            f"{', ...' if len(unsupported) > 5 else ''}."
-        )
     adapters = {}
-    for module, keys in sorted(pairs.items()):
-        if set(keys) != {"A", "B"}:
-            raise ValueError(
-                f"{what} has `lora_{''.join(keys)}` but not "
-                f"`lora_{'B' if 'A' in keys else 'A'}` for `{module}`."
-            )
-        lora_a = checkpoint.get_tensor(keys["A"])
-        lora_b = checkpoint.get_tensor(keys["B"])
+    for (layer, module), (lora_a, lora_b) in linear_lora.read_lora_pairs(
+        checkpoint, _LORA_KEY, what
+    ).items():
+        module = f"model.layers.{layer}.{module}"
         adapters[module] = (lora_a, lora_b, _scale_of(config, module, lora_a.shape[0], what))
     linear_lora.set_adapters(model, adapters, what)

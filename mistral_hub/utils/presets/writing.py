@@ -197,7 +197,7 @@ def _exchange(a, b):
 
 @contextlib.contextmanager
 def preset_writer(
-    preset_dir, overwrite=False, mergeable=None, kind="Keras preset", part=None, part_of=None
+    preset_dir, overwrite=False, mergeable=None, kind="Keras preset", part=None, task_file=None
 ):
     """Context manager that writes a preset atomically.
 
@@ -216,11 +216,11 @@ def preset_writer(
             directory may be added to; defaults to "is a Keras preset".
         kind: str. What `mergeable` accepts, for the error message.
         part: str. What is written when it is one part of a preset (e.g.
-            `"backbone"`), for the error message.
-        part_of: callable `directory -> bool` telling whether an existing
-            directory holds a whole preset that writing only `part` would
-            leave inconsistent (then `overwrite=True` is required); its
-            `what` attribute names that preset.
+            `"backbone"`), or None when it is a whole task.
+        task_file: str. The file only a whole task's preset has (e.g.
+            `task.json`): writing just `part` into a directory holding it
+            would leave its parts describing different models, so that
+            needs `overwrite=True`.
 
     Yields:
         A `PresetWriter`.
@@ -244,9 +244,15 @@ def preset_writer(
             "refusing to write into it. Pass `overwrite=True` to replace its "
             "contents."
         )
-    if existing and not overwrite and part_of is not None and part_of(preset_dir):
+    if (
+        existing
+        and not overwrite
+        and part is not None
+        and os.path.isfile(os.path.join(preset_dir, task_file))
+    ):
         raise ValueError(
-            f"`preset_dir` {preset_dir} holds a whole {part_of.what}; writing "
+            f"`preset_dir` {preset_dir} holds a whole task preset "
+            f"(`{task_file}`); writing "
             f"only a {part} into it would leave a preset whose parts describe "
             "different models. Save the whole task, save into another "
             "directory, or pass `overwrite=True` to replace the preset with "
@@ -284,13 +290,6 @@ def _umask():
     return mask
 
 
-def _holds_task(directory):
-    return os.path.isfile(os.path.join(directory, TASK_CONFIG_FILE))
-
-
-_holds_task.what = f"task preset (`{TASK_CONFIG_FILE}`)"
-
-
 def shard_size_in_gb(max_shard_size):
     """`save_to_preset`'s `max_shard_size`: GB as a number, or `"5GB"`-style."""
     if max_shard_size is None:
@@ -305,7 +304,7 @@ def shard_size_in_gb(max_shard_size):
 def save_backbone(backbone, preset_dir, max_shard_size=10, overwrite=False):
     """Implements `Backbone.save_to_preset`."""
     max_shard_size = shard_size_in_gb(max_shard_size)
-    with preset_writer(preset_dir, overwrite, part="backbone", part_of=_holds_task) as writer:
+    with preset_writer(preset_dir, overwrite, part="backbone", task_file=TASK_CONFIG_FILE) as writer:
         writer.write_backbone(backbone, max_shard_size)
 
 
@@ -319,14 +318,14 @@ def save_task(task, preset_dir, max_shard_size=10, overwrite=False):
 def save_preprocessor(preprocessor, preset_dir, overwrite=False):
     """Implements `Preprocessor.save_to_preset`."""
     with preset_writer(
-        preset_dir, overwrite, part="preprocessor", part_of=_holds_task
+        preset_dir, overwrite, part="preprocessor", task_file=TASK_CONFIG_FILE
     ) as writer:
         writer.write_preprocessor(preprocessor)
 
 
 def save_tokenizer(tokenizer, preset_dir, overwrite=False):
     """Implements `Tokenizer.save_to_preset`."""
-    with preset_writer(preset_dir, overwrite, part="tokenizer", part_of=_holds_task) as writer:
+    with preset_writer(preset_dir, overwrite, part="tokenizer", task_file=TASK_CONFIG_FILE) as writer:
         writer.write_tokenizer(tokenizer)
 
 

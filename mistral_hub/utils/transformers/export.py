@@ -29,14 +29,6 @@ from mistral_hub.utils.transformers.safetensors_io import write_sharded_safetens
 _MODEL_FILE = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$")
 
 
-def _holds_task_export(path):
-    # Only a task's export writes a generation config.
-    return os.path.isfile(os.path.join(path, "generation_config.json"))
-
-
-_holds_task_export.what = "model export with its generation config"
-
-
 def _is_transformers_dir(path):
     config = os.path.join(path, "config.json")
     if os.path.isfile(config):
@@ -256,7 +248,8 @@ def export_to_transformers(
         mergeable=_is_transformers_dir,
         kind="transformers Mistral directory",
         part=None if task is not None else kind,
-        part_of=None if task is not None else _holds_task_export,
+        # Only a task's export writes a generation config.
+        task_file="generation_config.json",
     ) as writer:
         directory = writer.directory
         if backbone is not None:
