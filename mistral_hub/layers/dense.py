@@ -1,4 +1,9 @@
+import re
+
 import keras
+
+from mistral_hub.layers.int8_inference import store_contraction_major
+from mistral_hub.layers.int8_inference import weight_only_matmul
 
 
 def _save_calibrated_variables(layer, store):
@@ -46,15 +51,45 @@ class _CalibrationFixes:
             super().save_own_variables(store)
 
 
+class _Int8Inference:
+    """Keras' int8 layer, multiplying int8 weights directly on torch.
+
+    See `int8_inference`: on torch the int8 kernel is stored with its
+    contracted axes innermost, and products outside autograd (generation,
+    `predict`) use int8 weights with bfloat16 activations. Training, LoRA
+    and the other backends run Keras' int8 code unchanged.
+    """
+
+    def _int8_build(self, kernel_shape, config=None):
+        super()._int8_build(kernel_shape, config)
+        if self._contracted_axes:
+            store_contraction_major(self, self._kernel, self._contracted_axes)
+
+    def _int8_call(self, inputs, training=None):
+        if self._contracted_axes and not self.lora_enabled:
+            outputs = weight_only_matmul(
+                inputs, self._kernel, self._int8_unit_scale(), self._contracted_axes
+            )
+            if outputs is not None:
+                if self.bias is not None:
+                    outputs = outputs + self.bias
+                if self.activation is not None:
+                    outputs = self.activation(outputs)
+                return outputs
+        return super()._int8_call(inputs, training=training)
+
+
 @keras.saving.register_keras_serializable(package="mistral_hub")
-class Dense(_CalibrationFixes, keras.layers.Dense):
-    """`keras.layers.Dense` whose GPTQ and AWQ calibrate and save completely.
+class Dense(_Int8Inference, _CalibrationFixes, keras.layers.Dense):
+    """`keras.layers.Dense` with complete GPTQ/AWQ and fast int8 on torch.
 
     Two Keras 3.15 bugs: `quantize("gptq")` and `quantize("awq")` never see
     the calibration data (their input hooks are bypassed), and the zero
     point of a calibrated layer is left out of the saved weights, so
-    `save_to_preset()` gives a preset that does not load. Everything else,
-    weights and their names included, is Keras' layer.
+    `save_to_preset()` gives a preset that does not load. And on torch, an
+    int8 layer outside autograd multiplies its int8 weights directly (see
+    `mistral_hub.layers.int8_inference`). Everything else, weights and
+    their names included, is Keras' layer.
 
     Example:
     >>> layer = Dense(4)
@@ -64,12 +99,20 @@ class Dense(_CalibrationFixes, keras.layers.Dense):
     (2, 4)
     """
 
+    _contracted_axes = 1
+
+    def _int8_unit_scale(self):
+        return self.kernel_scale
+
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
-class EinsumDense(_CalibrationFixes, keras.layers.EinsumDense):
-    """`keras.layers.EinsumDense` whose GPTQ and AWQ calibrate and save completely.
+class EinsumDense(_Int8Inference, _CalibrationFixes, keras.layers.EinsumDense):
+    """`keras.layers.EinsumDense` with complete GPTQ/AWQ and fast int8 on torch.
 
-    See `Dense`: the same Keras 3.15 fixes, nothing else changed.
+    See `Dense`: the same Keras 3.15 fixes; the torch int8 product applies to
+    equations that contract the inputs' trailing axes with the kernel's
+    leading ones in order (`"bqm,muh->bquh"`, `"bqah,ahm->bqm"`), which
+    covers every projection of the Mistral model.
 
     Example:
     >>> layer = EinsumDense("bm,mh->bh", output_shape=4)
@@ -78,3 +121,27 @@ class EinsumDense(_CalibrationFixes, keras.layers.EinsumDense):
     >>> tuple(layer(keras.ops.ones((2, 8))).shape)
     (2, 4)
     """
+
+    @property
+    def _contracted_axes(self):
+        """Leading kernel axes contracted with the inputs' trailing axes.
+
+        0 when the equation is not of that form (the layer then always runs
+        Keras' int8 code).
+        """
+        inputs, kernel, outputs = re.fullmatch(
+            r"([a-zA-Z.]+),([a-zA-Z]+)->([a-zA-Z.]+)", self.equation
+        ).groups()
+        contracted = "".join(axis for axis in kernel if axis not in outputs)
+        kept = kernel[len(contracted):]
+        if (
+            contracted
+            and kernel.startswith(contracted)
+            and inputs.endswith(contracted)
+            and outputs == inputs[: -len(contracted)] + kept
+        ):
+            return len(contracted)
+        return 0
+
+    def _int8_unit_scale(self):
+        return self._adjust_scale_for_dequant(self.kernel_scale)

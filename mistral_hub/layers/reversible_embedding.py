@@ -1,6 +1,9 @@
 import keras
 from keras import ops
 
+from mistral_hub.layers.int8_inference import store_contraction_major
+from mistral_hub.layers.int8_inference import weight_only_matmul
+
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
 class ReversibleEmbedding(keras.layers.ReversibleEmbedding):
@@ -12,8 +15,10 @@ class ReversibleEmbedding(keras.layers.ReversibleEmbedding):
     adapters on an int8 backbone (QLoRA) would not learn. Here that
     projection computes the same output, and its gradient with respect to
     the inputs is the straight-through one Keras' int8 `Dense` and
-    `EinsumDense` use: `upstream @ dequantized_kernel.T`. Everything else,
-    weights and their names included, is Keras' layer.
+    `EinsumDense` use: `upstream @ dequantized_kernel.T`. On torch, an
+    untied int8 output projection outside autograd multiplies its int8
+    weights directly (see `mistral_hub.layers.int8_inference`). Everything
+    else, weights and their names included, is Keras' layer.
 
     Example:
     >>> layer = ReversibleEmbedding(input_dim=10, output_dim=4, tie_weights=False)
@@ -28,7 +33,18 @@ class ReversibleEmbedding(keras.layers.ReversibleEmbedding):
         # weights; this one holds exactly Keras' weights.
         super().quantize(mode, type_check=False, config=config)
 
+    def _int8_build(self, embeddings_shape, config=None):
+        super()._int8_build(embeddings_shape, config)
+        if not self.tie_weights:
+            store_contraction_major(self, self.reverse_embeddings, 1)
+
     def _int8_call(self, inputs, reverse=False):
+        if reverse and not self.tie_weights:
+            logits = weight_only_matmul(
+                inputs, self.reverse_embeddings, self.reverse_embeddings_scale, 1
+            )
+            if logits is not None:
+                return self._soft_cap(logits)
         if not reverse or self.inputs_quantizer is None:
             return super()._int8_call(inputs, reverse=reverse)
         if self.tie_weights:
@@ -51,7 +67,10 @@ class ReversibleEmbedding(keras.layers.ReversibleEmbedding):
             return ops.divide(logits, ops.multiply(inputs_scale, scale)), grad_fn
 
         logits = project(inputs, ops.convert_to_tensor(kernel), ops.convert_to_tensor(scale))
-        if self.logit_soft_cap is not None:
-            soft_cap = self.logit_soft_cap
-            logits = ops.multiply(ops.tanh(ops.divide(logits, soft_cap)), soft_cap)
-        return logits
+        return self._soft_cap(logits)
+
+    def _soft_cap(self, logits):
+        if self.logit_soft_cap is None:
+            return logits
+        soft_cap = self.logit_soft_cap
+        return ops.multiply(ops.tanh(ops.divide(logits, soft_cap)), soft_cap)
