@@ -11,6 +11,12 @@ each run in its own fresh process:
   epoch of `--steps` steps, timed from epoch start to epoch end, where the
   logs are read back so the device work is done; the first epoch traces
   and compiles and is left out);
+* `CPU s/step`: the process's CPU time (all threads) per warm step, taken
+  the same way. On a machine shared with other jobs the wall time of a
+  step depends on how often the backend's worker threads get a core (a
+  JAX step waits at every parallel op for its slowest thread), so the
+  wall-clock ratio between two runs moves by 2-3x from run to run; the
+  CPU time is the work done and moves by a few percent;
 * `peak RSS`: the process's peak resident memory, model, optimizer state and
   compiled functions included;
 * each configuration once without and once with LoRA (`enable_lora(4)` on
@@ -67,13 +73,16 @@ def worker(spec):
         def __init__(self):
             super().__init__()
             self.times = []
+            self.cpu_times = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
+            self.cpu_start = time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             float(logs["loss"])  # The loss is computed: the steps are done.
             self.times.append(time.perf_counter() - self.start)
+            self.cpu_times.append(time.process_time() - self.cpu_start)
 
     timer = Timer()
     history = causal_lm.fit(
@@ -81,9 +90,11 @@ def worker(spec):
         callbacks=[timer],
     )
     step_s = statistics.median(timer.times[1:]) / steps
+    cpu_step_s = statistics.median(timer.cpu_times[1:]) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(
-        spec, step_s=step_s, tok_s=batch * length / step_s, first_epoch_s=timer.times[0],
+        spec, step_s=step_s, tok_s=batch * length / step_s, cpu_step_s=cpu_step_s,
+        first_epoch_s=timer.times[0],
         peak_rss_mb=peak, losses=[float(v) for v in history.history["loss"]],
         trainable=int(sum(np.prod(v.shape) for v in causal_lm.trainable_weights)),
     )))
@@ -134,15 +145,18 @@ def main():
         "shared, loaded machine.\n"
     )
     print("| backend | LoRA | mistral_hub tok/s | keras_hub tok/s | mh/kh "
+          "| mistral_hub CPU s/step | keras_hub CPU s/step | kh/mh CPU "
           "| mistral_hub peak RSS | keras_hub peak RSS |")
-    print("|---|---|--:|--:|--:|--:|--:|")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     by_key = {(r["backend"], r["lora"], r["implementation"]): r for r in results}
     for backend in args.backends:
         for lora in (False,) if args.no_lora else (False, True):
             mh, kh = by_key[backend, lora, "mistral_hub"], by_key[backend, lora, "keras_hub"]
             print(
                 f"| {backend} | {'rank 4' if lora else 'no'} | {mh['tok_s']:.0f} | {kh['tok_s']:.0f} "
-                f"| {mh['tok_s'] / kh['tok_s']:.2f} | {mh['peak_rss_mb']:.0f} MB "
+                f"| {mh['tok_s'] / kh['tok_s']:.2f} | {mh['cpu_step_s']:.3f} "
+                f"| {kh['cpu_step_s']:.3f} | {kh['cpu_step_s'] / mh['cpu_step_s']:.2f} "
+                f"| {mh['peak_rss_mb']:.0f} MB "
                 f"| {kh['peak_rss_mb']:.0f} MB |"
             )
 

@@ -9,7 +9,9 @@ prints one markdown table of medians:
 * `tok/s`: new tokens x batch / median wall time of a warm `generate()` call
   (greedy, no stop token, prefill included),
 * `first s`: wall time of the first call in a fresh process (trace +
-  compile + run on JAX and TensorFlow; the first eager run on torch),
+  compile + run on JAX and TensorFlow, and on torch for
+  `mistral_hub_compiled`: `compile(jit_compile=True)`, which
+  `torch.compile`s the decode step; the first eager run otherwise),
 * `prefill tok/s`: prompt tokens x batch / median wall time of a warm call
   that generates one token,
 * `peak RSS`: the process's peak resident memory (model included),
@@ -71,7 +73,10 @@ WORKLOADS = {
 }
 DEFAULT_WORKLOADS = ["small_b1", "small_b8", "medium_b1", "medium_b8", "long"]
 QUICK_WORKLOADS = ["small_b1", "small_b8"]
-KERAS_IMPLEMENTATIONS = ("mistral_hub", "keras_hub", "mistral_hub_int8")
+KERAS_IMPLEMENTATIONS = ("mistral_hub", "keras_hub", "mistral_hub_int8", "mistral_hub_compiled")
+# `compile(jit_compile=True)`: torch.compile of the decode step, torch only
+# (JAX and TensorFlow compile the whole loop by default already).
+TORCH_ONLY_IMPLEMENTATIONS = ("mistral_hub_compiled",)
 IMPLEMENTATIONS = KERAS_IMPLEMENTATIONS + ("transformers",)
 PEERS = ("keras_hub", "transformers")
 
@@ -211,7 +216,9 @@ def _keras_generator(spec, directory):
         for variable in backbone.weights:
             variable.assign(arrays[variable.path])
     model = library.models.MistralCausalLM(backbone=backbone, preprocessor=None)
-    model.compile(sampler="greedy")
+    model.compile(
+        sampler="greedy", jit_compile=spec["implementation"] == "mistral_hub_compiled"
+    )
     if spec["implementation"] == "mistral_hub_int8":
         model.quantize("int8")
 
@@ -397,7 +404,10 @@ def orchestrate(args):
         for name in args.workloads:
             config, prompt_lengths, new_tokens = WORKLOADS[name]
             new_tokens = args.new_tokens or new_tokens
-            runs = [(b, i) for b in args.backends for i in keras_impls]
+            runs = [
+                (b, i) for b in args.backends for i in keras_impls
+                if b == "torch" or i not in TORCH_ONLY_IMPLEMENTATIONS
+            ]
             if "transformers" in args.implementations:
                 runs.append(("torch", "transformers"))
             for backend, implementation in runs:
@@ -482,6 +492,7 @@ def summarize(report):
         "|---|---|--:|--:|--:|--:|--:|--:|---|---|---|---|",
     ]
     int8_lines = []
+    compiled_lines = []
     for name, (config_name, prompt_lengths, new_tokens) in report["workloads"].items():
         new_tokens = report["new_tokens"] or new_tokens
         batch, prompt_tokens = len(prompt_lengths), sum(prompt_lengths)
@@ -524,6 +535,15 @@ def summarize(report):
                     " / ".join(f"{_fmatch(mh, r, new_tokens)}" for r in (kh, hf)),
                 )
             )
+            mhc = get(backend, "mistral_hub_compiled")
+            if mhc is not None:
+                compiled_lines.append(
+                    f"| {name} | {backend} | {_fmt(mh and mh['tok_s'])} | {_fmt(mhc['tok_s'])} "
+                    f"| {_fmt(ratio(mhc, mh), '{:.2f}x')} | {_fmt(ratio(mhc, hf), '{:.2f}x')} "
+                    f"| {_fmt(mh and mh['first_s'])} / {_fmt(mhc['first_s'])} "
+                    f"| {_fmt(mh and mh['prefill_tok_s'], '{:.0f}')} / "
+                    f"{_fmt(mhc['prefill_tok_s'], '{:.0f}')} | {_fmatch(mh, mhc, new_tokens)} |"
+                )
             if mh8 is not None:
                 int8_lines.append(
                     f"| {name} | {backend} | {_fmt(mh and mh['tok_s'])} | {_fmt(mh8['tok_s'])} "
@@ -536,6 +556,14 @@ def summarize(report):
             "| workload | backend | float32 tok/s | int8 tok/s | int8/float32 | match | peak RSS MB f32 / int8 |",
             "|---|---|--:|--:|--:|---|---|",
             *int8_lines,
+        ]
+    if compiled_lines:
+        lines += [
+            "",
+            "| workload | backend | eager tok/s | jit_compile tok/s | jit/eager | jit/hf "
+            "| first call s eager / jit | prefill tok/s eager / jit | match |",
+            "|---|---|--:|--:|--:|--:|---|---|---|",
+            *compiled_lines,
         ]
     errors = [
         f"{key}: {r['error'].splitlines()[-1] if r['error'] else 'failed'}"

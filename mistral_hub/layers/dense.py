@@ -62,14 +62,16 @@ class _Int8Inference:
 
     def _int8_build(self, kernel_shape, config=None):
         super()._int8_build(kernel_shape, config)
-        if self._contracted_axes:
-            store_contraction_major(self, self._kernel, self._contracted_axes)
+        # Kept as a plain attribute: the decode step reads it every call,
+        # also inside `torch.compile`, which cannot trace `re`.
+        self._int8_contracted_axes = self._contracted_axes()
+        if self._int8_contracted_axes:
+            store_contraction_major(self, self._kernel, self._int8_contracted_axes)
 
     def _int8_call(self, inputs, training=None):
-        if self._contracted_axes and not self.lora_enabled:
-            outputs = weight_only_matmul(
-                inputs, self._kernel, self._int8_unit_scale(), self._contracted_axes
-            )
+        axes = self._int8_contracted_axes
+        if axes and not self.lora_enabled:
+            outputs = weight_only_matmul(inputs, self._kernel, self._int8_unit_scale(), axes)
             if outputs is not None:
                 if self.bias is not None:
                     outputs = outputs + self.bias
@@ -99,7 +101,8 @@ class Dense(_Int8Inference, _CalibrationFixes, keras.layers.Dense):
     (2, 4)
     """
 
-    _contracted_axes = 1
+    def _contracted_axes(self):
+        return 1
 
     def _int8_unit_scale(self):
         return self.kernel_scale
@@ -122,16 +125,16 @@ class EinsumDense(_Int8Inference, _CalibrationFixes, keras.layers.EinsumDense):
     (2, 4)
     """
 
-    @property
     def _contracted_axes(self):
         """Leading kernel axes contracted with the inputs' trailing axes.
 
         0 when the equation is not of that form (the layer then always runs
         Keras' int8 code).
         """
-        inputs, kernel, outputs = re.fullmatch(
-            r"([a-zA-Z.]+),([a-zA-Z]+)->([a-zA-Z.]+)", self.equation
-        ).groups()
+        specs = re.fullmatch(r"([a-zA-Z.]+),([a-zA-Z]+)->([a-zA-Z.]+)", self.equation)
+        if specs is None:
+            return 0
+        inputs, kernel, outputs = specs.groups()
         contracted = "".join(axis for axis in kernel if axis not in outputs)
         kept = kernel[len(contracted):]
         if (

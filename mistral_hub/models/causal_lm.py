@@ -138,10 +138,11 @@ class CausalLM(Task):
 
         JAX: `jax.jit` of a stateless function of the weights; TensorFlow:
         `tf.function`; torch: eager under `torch.no_grad()` with the KV cache
-        updated in place (see `mistral_hub.utils.backend`). Functions are
-        cached per sampler config and options until `compile()` is called
-        again; the latest one for the compiled sampler is also kept on
-        `self.generate_function`.
+        updated in place, and with `compile(jit_compile=True)` the decode
+        step (`call_with_cache`) compiled by `torch.compile` (see
+        `mistral_hub.utils.backend`). Functions are cached per sampler
+        config and options until `compile()` is called again; the latest
+        one for the compiled sampler is also kept on `self.generate_function`.
 
         Args:
             sampler: a sampler overriding the compiled one, or None.
@@ -154,13 +155,16 @@ class CausalLM(Task):
         chosen = sampler or self.sampler
         # Variables are part of the key: `quantize()` or `enable_lora()`
         # replace or add variables that an older traced function misses.
-        key = (sampler_key(chosen), options, tuple(id(v) for v in self.variables))
+        variable_ids = tuple(id(v) for v in self.variables)
+        key = (sampler_key(chosen), options, variable_ids)
         cache = self.__dict__.setdefault("_generate_functions", {})
         if key not in cache:
+            call_with_cache = self._compiled_call_with_cache(variable_ids)
 
             def step(inputs, seed):
                 return self.generate_step(
                     inputs,
+                    call_with_cache=call_with_cache,
                     stop_token_ids=options.stop_token_ids,
                     sampler=chosen,
                     seed=seed,
@@ -181,6 +185,21 @@ class CausalLM(Task):
         if sampler is None:
             self.generate_function = cache[key]
         return cache[key]
+
+    def _compiled_call_with_cache(self, variable_ids):
+        """`call_with_cache`, compiled alone with `jit_compile` on torch.
+
+        One compiled decode step serves every sampler, decode option, batch
+        size and length, so it is kept apart from the generate functions
+        (and across `compile()` calls) until the variables or `jit_compile`
+        change.
+        """
+        key = (variable_ids, bool(self.jit_compile))
+        held = self.__dict__.get("_call_with_cache_step")
+        if held is None or held[0] != key:
+            held = (key, backend.compile_step_function(self, self.call_with_cache))
+            self.__dict__["_call_with_cache_step"] = held
+        return held[1]
 
     # --- generate -----------------------------------------------------------
 

@@ -19,6 +19,7 @@ double(np.ones((1, 3), "float32"))
 """
 
 import itertools
+import warnings
 
 import keras
 
@@ -78,6 +79,60 @@ def compile_inference_function(model, function, jit_compile=True):
 
         return run
     return function
+
+
+def compile_step_function(model, function):
+    """Compiles one step of a loop that `compile_inference_function` runs.
+
+    On torch with `model.jit_compile` (`compile(jit_compile=True)`), the
+    step is compiled with `torch.compile` (inductor), with dynamic shapes
+    so that one compiled graph serves every batch size above one and
+    every cache length. The loop around it stays in Python: dynamo would
+    unroll it. Weights are read on every call, so later weight updates are
+    seen; variables that are replaced (`quantize()`, `enable_lora()`) need a
+    new compiled step. If inductor cannot compile (no C++ compiler, say),
+    the step runs eagerly with a warning. On JAX and TensorFlow the whole
+    loop is compiled already, and without `jit_compile` on torch the step
+    runs eagerly: `function` is returned as is.
+
+    Args:
+        model: the `keras.Model` whose variables `function` reads.
+        function: a Python function of tensors.
+
+    Returns:
+        A function with the same arguments and results as `function`.
+    """
+    if keras.config.backend() != "torch" or not model.jit_compile:
+        return function
+    import torch
+
+    compiled = torch.compile(function, backend=_TORCH_COMPILE_BACKEND, dynamic=True)
+    current = [compiled]
+
+    def run(*args, **kwargs):
+        try:
+            # Without duck shapes: a batch size equal to a static size (2
+            # key/value heads, say) would otherwise share its symbol and be
+            # specialized to it.
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                return current[0](*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            # Compilation fails before the step runs: nothing was updated.
+            warnings.warn(
+                f"`jit_compile=True`: torch.compile could not compile the "
+                f"decode step of {model.name} ({type(error.inner_exception).__name__}: "
+                f"{error.inner_exception}); it runs eagerly instead. Compile "
+                "with `jit_compile=False` to silence this warning.",
+                stacklevel=2,
+            )
+            current[0] = function
+            return function(*args, **kwargs)
+
+    return run
+
+
+# `torch.compile`'s backend for `compile_step_function`; tests replace it.
+_TORCH_COMPILE_BACKEND = "inductor"
 
 
 def wait_for_host_callbacks():

@@ -28,7 +28,9 @@ class MistralCausalLM(CausalLM):
     one KV cache per layer, bounded by the sliding window when there is one
     (a rolling buffer), prefills prompts in chunks (attention memory bounded
     by chunk x window) and runs the whole decode loop compiled: `jax.jit` on
-    JAX, `tf.function` on TensorFlow, and in-place cache updates on torch.
+    JAX, `tf.function` on TensorFlow, and in-place cache updates on torch,
+    where `compile(jit_compile=True)` also compiles each decode step with
+    `torch.compile`.
     Each decode step calls the layers' `call()` directly, with the mask and
     RoPE tables computed once for all layers. Prompts of different lengths
     with a `max_new_tokens` budget are left-padded, so that every row starts
@@ -231,6 +233,7 @@ class MistralCausalLM(CausalLM):
         logits_processors=(),
         stop_condition=None,
         left_padded=False,
+        call_with_cache=None,
     ):
         """Generates one batch of token ids; the compiled part of `generate()`.
 
@@ -262,6 +265,9 @@ class MistralCausalLM(CausalLM):
                 shortest prompt and step through the rest of theirs one
                 token at a time). Each row's positions count from its first
                 prompt token, so the results equal those of right padding.
+            call_with_cache: the decode step, `self.call_with_cache` by
+                default; `generate()` passes the one compiled by
+                `torch.compile` with `compile(jit_compile=True)` on torch.
 
         Returns:
             A dict of `token_ids` and a bool `padding_mask` that is True up
@@ -269,6 +275,7 @@ class MistralCausalLM(CausalLM):
             the left padding).
         """
         sampler = sampler or self.sampler
+        call_with_cache = call_with_cache or self.call_with_cache
         token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
         padding_mask = ops.cast(inputs["padding_mask"], "bool")
         max_length = ops.shape(token_ids)[1]
@@ -300,20 +307,19 @@ class MistralCausalLM(CausalLM):
 
         def next(prompt, cache, index):
             cache_update_index = index - 1
-            # Beam and contrastive search call this with more rows than the
-            # prompt batch (one per beam or candidate).
-            rows = ops.shape(prompt)[0]
-            prompt = ops.slice(prompt, [0, cache_update_index], [rows, 1])
+            # A gather, not a slice: on torch a slice is a view whose
+            # storage offset (the index) `torch.compile` would guard on.
+            prompt = ops.take(prompt, ops.reshape(cache_update_index, (1,)), axis=1)
             if stream_callback is not None:
                 host_callback(stream_callback, cache_update_index, prompt[:, 0])
             if left_padded:
                 layer_cache, starts = cache
-                logits, hidden_states, layer_cache = self.call_with_cache(
+                logits, hidden_states, layer_cache = call_with_cache(
                     prompt, layer_cache, cache_update_index, sequence_starts=starts
                 )
                 cache = (layer_cache, starts)
             else:
-                logits, hidden_states, cache = self.call_with_cache(
+                logits, hidden_states, cache = call_with_cache(
                     prompt, cache, cache_update_index
                 )
             return ops.squeeze(logits, axis=1), ops.squeeze(hidden_states, axis=1), cache

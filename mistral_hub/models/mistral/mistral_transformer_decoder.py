@@ -40,7 +40,9 @@ def compute_attention_mask(
     query_positions = ops.arange(query_length, dtype="int32") + start_index
     last_position = start_index + query_length - 1
     slots = ops.arange(key_length, dtype="int32")
-    key_positions = last_position - ops.mod(last_position - slots, key_length)
+    # `%`, not `ops.mod`: Keras' torch `mod` turns a symbolic `key_length`
+    # into a constant, so `torch.compile` would specialize on the cache length.
+    key_positions = last_position - (last_position - slots) % key_length
     query_positions = query_positions[:, None]
     key_positions = key_positions[None, :]
     allowed = ops.logical_and(key_positions >= 0, key_positions <= query_positions)
