@@ -5,7 +5,7 @@ int8 by int8. On a CPU, batch-1 decoding is bound by reading the weights,
 and torch has a kernel that reads int8 weights and multiplies them with
 bfloat16 activations (`torch._weight_int8pack_mm`, the kernel behind
 torchao's and gpt-fast's int8 CPU decoding): it reads a quarter of the bytes
-of a float32 product and runs 2.5-6x faster than it on a 2-core machine,
+of a float32 product and runs 2-3x faster than it on a 2-core machine,
 where Keras' int8 x int8 product is slower than float32.
 
 That kernel needs each output unit's weights contiguous (the `(out, in)`
@@ -49,7 +49,7 @@ def store_contraction_major(layer, variable, num_contracted_axes):
     After this, the kernel's leading `num_contracted_axes` axes (those the
     layer contracts with its inputs) vary fastest in memory. Shape, values
     and dtype are unchanged; `assign` keeps the layout (it copies in place).
-    A no-op on other backends.
+    A no-op on other backends and devices.
 
     Args:
         layer: the layer owning `variable` (its torch parameter list is
@@ -58,7 +58,8 @@ def store_contraction_major(layer, variable, num_contracted_axes):
         num_contracted_axes: int, how many leading axes are contracted.
     """
     torch = _torch()
-    if torch is None:
+    if torch is None or variable.value.device.type != "cpu":
+        # Other devices run Keras' int8 product, on Keras' layout.
         return
     shape = tuple(variable.shape)
     contracted = math.prod(shape[:num_contracted_axes])
