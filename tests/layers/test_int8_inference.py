@@ -228,3 +228,22 @@ def test_int8_decode_step_compiles_with_jit_compile():
         compiled = causal_lm.generate(inputs, stop_token_ids=None)["token_ids"]
 
     np.testing.assert_array_equal(np.asarray(compiled), np.asarray(eager))
+
+
+@pytest.mark.skipif(not TORCH, reason="the int8 weight layout is torch's")
+def test_shipped_bfloat16_preset_decodes_with_int8_weights_after_reloading(tmp_path):
+    from mistral_hub import MistralCausalLM
+
+    causal_lm = MistralCausalLM.from_preset("mistral_hub_demo")
+    causal_lm.quantize("int8")
+    prompt = "def read_file(path):"
+    generate = lambda model: model.generate(prompt, max_length=24, sampler="greedy")
+    text = generate(causal_lm)
+    causal_lm.save_to_preset(tmp_path / "preset")
+
+    restored = MistralCausalLM.from_preset(tmp_path / "preset")
+
+    # As shipped: bfloat16 activations, int8 weights re-stored on loading.
+    assert restored.backbone.compute_dtype == "bfloat16"
+    assert _ran_int8_kernel(generate, restored)
+    assert generate(restored) == text

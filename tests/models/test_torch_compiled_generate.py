@@ -9,6 +9,7 @@ from mistral_hub.models.mistral.mistral_causal_lm import MistralCausalLM
 from mistral_hub.utils import backend
 from tests.models.mistral.hf_reference import keras_backbone_from_hf
 from tests.models.mistral.hf_reference import make_hf_model
+from tests.models.mistral.hf_reference import pack_prompts
 
 pytestmark = pytest.mark.skipif(
     keras.config.backend() != "torch",
@@ -17,15 +18,6 @@ pytestmark = pytest.mark.skipif(
 
 # Shorter than every prompt plus its completion: the rolling cache wraps.
 WINDOW = 8
-
-
-def _pack(prompts, total_length):
-    token_ids = np.zeros((len(prompts), total_length), "int32")
-    padding_mask = np.zeros((len(prompts), total_length), bool)
-    for row, prompt in enumerate(prompts):
-        token_ids[row, : len(prompt)] = prompt
-        padding_mask[row, : len(prompt)] = True
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
 def _compiled_lm(hf_model):
@@ -73,14 +65,14 @@ def test_greedy_tokens_match_transformers_right_and_left_padded(
     hf_model, causal_lm, prompts
 ):
     total = 11 + 16
-    right = causal_lm.generate(_pack(prompts[:2], total), stop_token_ids=None)
+    right = causal_lm.generate(pack_prompts(prompts[:2], total), stop_token_ids=None)
     for row, prompt in enumerate(prompts[:2]):
         _assert_greedy(hf_model, right["token_ids"][row].tolist(), len(prompt))
     # Prompts of different lengths with a budget of new tokens are left
     # padded inside `generate()`.
     new_tokens = 12
     left = causal_lm.generate(
-        _pack(prompts[:2], total), stop_token_ids=None, max_new_tokens=new_tokens
+        pack_prompts(prompts[:2], total), stop_token_ids=None, max_new_tokens=new_tokens
     )
     for row, prompt in enumerate(prompts[:2]):
         tokens = left["token_ids"][row, : len(prompt) + new_tokens].tolist()
@@ -89,19 +81,19 @@ def test_greedy_tokens_match_transformers_right_and_left_padded(
 
 
 def test_no_recompilation_across_prompt_lengths_max_length_and_batch(causal_lm, prompts):
-    causal_lm.generate(_pack(prompts[:2], 30), stop_token_ids=None)
+    causal_lm.generate(pack_prompts(prompts[:2], 30), stop_token_ids=None)
     compiled = _compiled_steps()
     assert compiled >= 1
     # Other prompt lengths, a cache shorter than the window (7 slots) and
     # another batch size reuse the compiled step.
-    causal_lm.generate(_pack([prompts[2][:4], prompts[1][:2]], 7), stop_token_ids=None)
-    causal_lm.generate(_pack(prompts, 20), stop_token_ids=None)
+    causal_lm.generate(pack_prompts([prompts[2][:4], prompts[1][:2]], 7), stop_token_ids=None)
+    causal_lm.generate(pack_prompts(prompts, 20), stop_token_ids=None)
     assert _compiled_steps() == compiled
 
 
 def test_weights_loaded_after_compiling_are_used(hf_model, prompts, tmp_path):
     causal_lm = _compiled_lm(hf_model)
-    packed = _pack(prompts[:2], 24)
+    packed = pack_prompts(prompts[:2], 24)
     before = causal_lm.generate(packed, stop_token_ids=None)["token_ids"]
     assert _compiled_steps() >= 1
     other_hf_model = make_hf_model(seed=1, sliding_window=WINDOW, num_hidden_layers=1)
@@ -121,5 +113,5 @@ def test_failed_compilation_warns_and_decodes_eagerly(hf_model, prompts, monkeyp
     monkeypatch.setattr(backend, "_TORCH_COMPILE_BACKEND", failing_backend)
     causal_lm = _compiled_lm(hf_model)
     with pytest.warns(UserWarning, match="jit_compile=True.*no C\\+\\+ compiler"):
-        output = causal_lm.generate(_pack(prompts[:1], 20), stop_token_ids=None)
+        output = causal_lm.generate(pack_prompts(prompts[:1], 20), stop_token_ids=None)
     _assert_greedy(hf_model, output["token_ids"][0].tolist(), len(prompts[0]))

@@ -72,3 +72,13 @@ def relative_error(actual, expected):
     actual = np.asarray(actual, dtype="float64")
     expected = np.asarray(expected, dtype="float64")
     return np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-12)
+
+
+def pack_prompts(prompts, total_length):
+    """Right-padded `generate()` inputs of `total_length` columns."""
+    token_ids = np.zeros((len(prompts), total_length), "int32")
+    padding_mask = np.zeros((len(prompts), total_length), bool)
+    for row, prompt in enumerate(prompts):
+        token_ids[row, : len(prompt)] = prompt
+        padding_mask[row, : len(prompt)] = True
+    return {"token_ids": token_ids, "padding_mask": padding_mask}

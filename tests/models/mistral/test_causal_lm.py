@@ -15,16 +15,8 @@ from mistral_hub.models.mistral.mistral_tokenizer import MistralTokenizer
 from mistral_hub.samplers import BeamSampler
 from tests.models.mistral.hf_reference import keras_backbone_from_hf
 from tests.models.mistral.hf_reference import make_hf_model
+from tests.models.mistral.hf_reference import pack_prompts
 from tests.test_data import mistral_test_proto
-
-
-def _pack(prompts, total_length):
-    token_ids = np.zeros((len(prompts), total_length), "int32")
-    padding_mask = np.zeros((len(prompts), total_length), bool)
-    for row, prompt in enumerate(prompts):
-        token_ids[row, : len(prompt)] = prompt
-        padding_mask[row, : len(prompt)] = True
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def test_greedy_generation_matches_transformers(hf_and_keras, prompts):
     new_tokens = 64
     for prompt in prompts[:2]:
         total = len(prompt) + new_tokens
-        output = causal_lm.generate(_pack([prompt], total), stop_token_ids=None)
+        output = causal_lm.generate(pack_prompts([prompt], total), stop_token_ids=None)
         with torch.no_grad():
             expected = hf_model.generate(
                 torch.tensor([prompt]),
@@ -63,9 +55,9 @@ def test_greedy_generation_matches_transformers(hf_and_keras, prompts):
 def test_batch_of_mixed_lengths_equals_rows_generated_alone(hf_and_keras, prompts):
     _, causal_lm = hf_and_keras
     total = max(map(len, prompts)) + 24
-    batch = causal_lm.generate(_pack(prompts, total), stop_token_ids=None)
+    batch = causal_lm.generate(pack_prompts(prompts, total), stop_token_ids=None)
     for row, prompt in enumerate(prompts):
-        alone = causal_lm.generate(_pack([prompt], total), stop_token_ids=None)
+        alone = causal_lm.generate(pack_prompts([prompt], total), stop_token_ids=None)
         np.testing.assert_array_equal(batch["token_ids"][row], alone["token_ids"][0])
 
 
@@ -108,7 +100,7 @@ def test_rolling_cache_is_bounded_by_the_window():
 
 def test_beam_search_with_one_beam_equals_greedy(hf_and_keras, prompts):
     _, causal_lm = hf_and_keras
-    inputs = _pack(prompts, 20)
+    inputs = pack_prompts(prompts, 20)
     greedy = causal_lm.generate(inputs, stop_token_ids=None, sampler="greedy")
     beam = causal_lm.generate(inputs, stop_token_ids=None, sampler=BeamSampler(num_beams=1))
     np.testing.assert_array_equal(greedy["token_ids"], beam["token_ids"])
@@ -404,7 +396,7 @@ def test_mixed_prompt_lengths_decode_every_row_from_its_own_end(hf_and_keras, pr
     # The 70-token prompt is far longer than the window (8) and the others.
     mixed = prompts + [np.random.default_rng(2).integers(3, 97, size=70).tolist()]
     new_tokens = 12
-    inputs = _pack(mixed, 70)
+    inputs = pack_prompts(mixed, 70)
     steps = []
     if keras.config.backend() == "torch":
         # Eager decoding: count the one-token model calls of the loop.

@@ -25,6 +25,7 @@ from mistral_hub.samplers import TopPSampler
 from tests.models.mistral.hf_reference import hf_forward
 from tests.models.mistral.hf_reference import keras_backbone_from_hf
 from tests.models.mistral.hf_reference import make_hf_model
+from tests.models.mistral.hf_reference import pack_prompts
 from tests.samplers.test_keras_hub_samplers import forbidding_sampler
 
 
@@ -151,15 +152,6 @@ def heads_id(heads):
     return f"{heads[0]}q{heads[1]}kv"
 
 
-def pack(prompts, total_length):
-    token_ids = np.zeros((len(prompts), total_length), "int32")
-    padding_mask = np.zeros((len(prompts), total_length), bool)
-    for row, prompt in enumerate(prompts):
-        token_ids[row, : len(prompt)] = prompt
-        padding_mask[row, : len(prompt)] = True
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
-
-
 TOTAL_LENGTH = 16
 
 
@@ -181,7 +173,7 @@ def test_beam_search_equals_transformers(heads):
     # A batch of two prompts of different lengths: beams of one row must
     # neither read nor reorder the other row's cache.
     output = causal_lm.generate(
-        pack(prompts, TOTAL_LENGTH), stop_token_ids=None, sampler=BeamSampler(num_beams=2)
+        pack_prompts(prompts, TOTAL_LENGTH), stop_token_ids=None, sampler=BeamSampler(num_beams=2)
     )["token_ids"]
     for row, prompt in enumerate(prompts):
         assert output[row].tolist() == hf_search(hf_model, prompt, num_beams=2)
@@ -192,7 +184,7 @@ def test_beam_search_equals_transformers(heads):
 def test_contrastive_search_equals_keras_hub():
     _, causal_lm, prompts = tiny_model(3, 1)
     # keras_hub's contrastive loop needs prompts of one length.
-    inputs = pack([prompts[0], prompts[0][::-1]], TOTAL_LENGTH)
+    inputs = pack_prompts([prompts[0], prompts[0][::-1]], TOTAL_LENGTH)
     expected = run_keras_hub_sampler(
         causal_lm, inputs, keras_hub.samplers.ContrastiveSampler(k=3, alpha=0.6)
     )
@@ -204,7 +196,7 @@ def test_contrastive_search_equals_keras_hub():
 
 def test_sampling_follows_transformers_probabilities():
     hf_model, causal_lm, prompts = tiny_model(5, 5)
-    inputs = pack(prompts, TOTAL_LENGTH)
+    inputs = pack_prompts(prompts, TOTAL_LENGTH)
     prompt_lengths = inputs["padding_mask"].sum(-1)
 
     def generated(sampler):
