@@ -29,14 +29,16 @@ def compile_inference_function(model, function, jit_compile=True):
 
     JAX: `jax.jit` of a stateless function of the weights (the current
     variable values are passed in on every call, so later weight updates
-    are seen without retracing); TensorFlow: `tf.function`; torch: eager
-    under `torch.no_grad()`, so in-place updates of tensors stay outside
-    autograd. With `model.run_eagerly`, JAX and TensorFlow run `function`
-    as is.
+    are seen without retracing); TensorFlow: `tf.function` without
+    AutoGraph; torch: eager under `torch.no_grad()`, so in-place updates of
+    tensors stay outside autograd. With `model.run_eagerly`, JAX and
+    TensorFlow run `function` as is.
 
     Args:
         model: the `keras.Model` whose variables `function` reads.
-        function: a Python function of tensors.
+        function: a Python function of tensors. As for `jax.jit`, its
+            branches and loops over tensor values must be Keras ops
+            (`ops.cond`, `ops.while_loop`), not Python `if`/`while`.
         jit_compile: bool. On TensorFlow, compile with XLA; functions that
             call back into Python (see `tensor_utils.host_callback`) must
             pass False.
@@ -69,9 +71,9 @@ def compile_inference_function(model, function, jit_compile=True):
     if backend == "tensorflow" and not model.run_eagerly:
         import tensorflow as tf
 
-        # Every branch and loop of the decode step is a Keras op already
-        # (`ops.cond`, `ops.while_loop`); AutoGraph would only re-parse the
-        # source of every layer's `call` (about 70% of the first call).
+        # The function's control flow is Keras ops already (it also runs
+        # under `jax.jit`); AutoGraph would only re-parse the source of every
+        # layer `call()` it reaches: 70% of the first `generate()` call.
         return tf.function(function, jit_compile=jit_compile, autograph=False)
     if backend == "torch":
         import torch
