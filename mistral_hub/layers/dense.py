@@ -1,6 +1,7 @@
 import re
 
 import keras
+from keras import ops
 
 from mistral_hub.layers.int8_inference import store_contraction_major
 from mistral_hub.layers.int8_inference import weight_only_matmul
@@ -56,8 +57,9 @@ class _Int8Inference:
 
     See `int8_inference`: on torch the int8 kernel is stored with its
     contracted axes innermost, and products outside autograd (generation,
-    `predict`) use int8 weights with bfloat16 activations. Training, LoRA
-    and the other backends run Keras' int8 code unchanged.
+    `predict`) use int8 weights with bfloat16 activations, LoRA adapters
+    (QLoRA) added as Keras adds them. Training and the other backends run
+    Keras' int8 code unchanged.
     """
 
     def _int8_build(self, kernel_shape, config=None):
@@ -70,9 +72,11 @@ class _Int8Inference:
 
     def _int8_call(self, inputs, training=None):
         axes = self._int8_contracted_axes
-        if axes and not self.lora_enabled:
+        if axes:
             outputs = weight_only_matmul(inputs, self._kernel, self._int8_unit_scale(), axes)
             if outputs is not None:
+                if self.lora_enabled:
+                    outputs = ops.add(outputs, self._int8_lora_outputs(inputs))
                 if self.bias is not None:
                     outputs = outputs + self.bias
                 if self.activation is not None:
@@ -106,6 +110,11 @@ class Dense(_Int8Inference, _CalibrationFixes, keras.layers.Dense):
 
     def _int8_unit_scale(self):
         return self.kernel_scale
+
+    def _int8_lora_outputs(self, inputs):
+        # As in Keras' `Dense._int8_call`.
+        lora_x = ops.matmul(ops.matmul(inputs, self.lora_kernel_a), self.lora_kernel_b)
+        return (self.lora_alpha / self.lora_rank) * lora_x
 
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
@@ -148,3 +157,9 @@ class EinsumDense(_Int8Inference, _CalibrationFixes, keras.layers.EinsumDense):
 
     def _int8_unit_scale(self):
         return self._adjust_scale_for_dequant(self.kernel_scale)
+
+    def _int8_lora_outputs(self, inputs):
+        # As in Keras' `EinsumDense._int8_call`.
+        lora_x = ops.einsum(self.equation, inputs, self.lora_kernel_a)
+        lora_x = ops.matmul(lora_x, self.lora_kernel_b)
+        return ops.cast((self.lora_alpha / self.lora_rank) * lora_x, self.compute_dtype)

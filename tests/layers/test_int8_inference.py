@@ -38,47 +38,55 @@ def _numpy(value):
     return keras.ops.convert_to_numpy(value).astype("float64")
 
 
-# (layer factory, input shape, dequantized product in numpy)
+def _dequantized_kernel(layer):
+    """The float kernel an int8 layer stands for, LoRA adapters included."""
+    scale = layer.kernel_scale
+    if isinstance(layer, EinsumDense):
+        scale = layer._adjust_scale_for_dequant(scale)
+    kernel = _numpy(layer._kernel) / _numpy(scale)
+    if layer.lora_enabled:
+        adapters = _numpy(layer.lora_kernel_a) @ _numpy(layer.lora_kernel_b)
+        kernel = kernel + (layer.lora_alpha / layer.lora_rank) * adapters
+    return kernel
+
+
+# (layer factory, input shape, product of inputs and float kernel in numpy)
 CASES = {
     "dense": (
         lambda: Dense(48, use_bias=True, bias_initializer="random_normal"),
         (3, 5, 32),
-        lambda layer, x: x @ (_numpy(layer._kernel) / _numpy(layer.kernel_scale))
-        + _numpy(layer.bias),
+        lambda layer, x, kernel: x @ kernel + _numpy(layer.bias),
     ),
     "query": (
         lambda: EinsumDense("bqm,muh->bquh", output_shape=(None, 4, 8)),
         (2, 3, 32),
-        lambda layer, x: np.einsum(
-            "bqm,muh->bquh",
-            x,
-            _numpy(layer._kernel)
-            / _numpy(layer._adjust_scale_for_dequant(layer.kernel_scale)),
-        ),
+        lambda layer, x, kernel: np.einsum("bqm,muh->bquh", x, kernel),
     ),
     "attention_output": (
         lambda: EinsumDense("bqah,ahm->bqm", output_shape=(None, 32)),
         (2, 3, 4, 8),
-        lambda layer, x: np.einsum(
-            "bqah,ahm->bqm",
-            x,
-            _numpy(layer._kernel)
-            / _numpy(layer._adjust_scale_for_dequant(layer.kernel_scale)),
-        ),
+        lambda layer, x, kernel: np.einsum("bqah,ahm->bqm", x, kernel),
     ),
 }
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["int8", "qlora"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_int8_layer_computes_the_dequantized_product(case):
-    make_layer, input_shape, reference = CASES[case]
+def test_int8_layer_computes_the_dequantized_product(case, lora):
+    make_layer, input_shape, product = CASES[case]
     layer = make_layer()
     layer.build((None,) + input_shape[1:])
     layer.quantize("int8")
-    x = np.random.default_rng(0).normal(size=input_shape).astype("float32")
+    rng = np.random.default_rng(0)
+    if lora:
+        layer.enable_lora(rank=2)
+        # Trained adapters: `lora_kernel_b` starts at zero.
+        b = layer.lora_kernel_b
+        b.assign(rng.normal(scale=0.2, size=tuple(b.shape)).astype("float32"))
+    x = rng.normal(size=input_shape).astype("float32")
 
     outputs = _inference(layer, x)
-    expected = reference(layer, x.astype("float64"))
+    expected = product(layer, x.astype("float64"), _dequantized_kernel(layer))
 
     assert outputs.shape == expected.shape
     # bfloat16 activations (torch) or int8 activations (Keras): ~1% of the
