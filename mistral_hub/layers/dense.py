@@ -76,7 +76,7 @@ class _Int8Inference:
             outputs = weight_only_matmul(inputs, self._kernel, self._int8_unit_scale(), axes)
             if outputs is not None:
                 if self.lora_enabled:
-                    outputs = ops.add(outputs, self._int8_lora_outputs(inputs))
+                    outputs = outputs + self._int8_lora_outputs(inputs)
                 if self.bias is not None:
                     outputs = outputs + self.bias
                 if self.activation is not None:
