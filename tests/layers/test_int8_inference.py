@@ -150,7 +150,7 @@ def test_training_keeps_keras_int8_path_and_its_gradient():
         layer(x).sum().backward()
     assert not any(e.name == "aten::_weight_int8pack_mm" for e in profile.events())
     # Keras' straight-through gradient: the dequantized kernel's row sums.
-    dequantized = _numpy(layer._kernel) / _numpy(layer.kernel_scale)
+    dequantized = _dequantized_kernel(layer)
     np.testing.assert_allclose(
         x.grad.numpy(), np.tile(dequantized.sum(axis=1), (4, 1)), rtol=1e-4, atol=1e-4
     )
@@ -177,11 +177,8 @@ def test_int8_demo_model_matches_its_dequantized_float_model():
             target.reverse_embeddings.assign(
                 _numpy(layer.reverse_embeddings) / _numpy(layer.reverse_embeddings_scale)
             )
-        elif isinstance(layer, EinsumDense):
-            scale = layer._adjust_scale_for_dequant(layer.kernel_scale)
-            target.kernel.assign(_numpy(layer._kernel) / _numpy(scale))
         else:
-            target.kernel.assign(_numpy(layer._kernel) / _numpy(layer.kernel_scale))
+            target.kernel.assign(_dequantized_kernel(layer))
     inputs = quantized.preprocessor.generate_preprocess(
         ["def read_file(path):\n    with open(path) as f:"], sequence_length=32
     )
@@ -202,7 +199,7 @@ def test_long_prefills_use_keras_int8_product():
     layer.quantize("int8")
     x = np.random.default_rng(4).normal(size=(1, 300, 32)).astype("float32")
 
-    expected = x.astype("float64") @ (_numpy(layer._kernel) / _numpy(layer.kernel_scale))
+    expected = x.astype("float64") @ _dequantized_kernel(layer)
 
     # More rows than the int8-weight kernel is faster for.
     assert not _ran_int8_kernel(layer, x)
@@ -212,7 +209,7 @@ def test_long_prefills_use_keras_int8_product():
 
 
 @pytest.mark.skipif(not TORCH, reason="torch.compile is torch's")
-def test_int8_decode_step_compiles_with_jit_compile():
+def test_int8_and_qlora_decode_step_compiles_with_jit_compile():
     import warnings
 
     from mistral_hub import MistralBackbone
@@ -224,7 +221,14 @@ def test_int8_decode_step_compiles_with_jit_compile():
     )
     causal_lm = MistralCausalLM(backbone)
     causal_lm.quantize("int8")
-    token_ids = np.random.default_rng(5).integers(1, 64, (1, 16)).astype("int32")
+    # QLoRA adapters on the query projection only: the compiled step holds
+    # int8 layers with and without adapters.
+    backbone.enable_lora(2, target_layer_names=["query"])
+    rng = np.random.default_rng(5)
+    for variable in backbone.weights:
+        if "lora_kernel_b" in variable.path:
+            variable.assign(rng.normal(scale=0.2, size=tuple(variable.shape)).astype("float32"))
+    token_ids = rng.integers(1, 64, (1, 16)).astype("int32")
     inputs = {"token_ids": token_ids, "padding_mask": (np.arange(16) < 6)[None].astype("int32")}
     causal_lm.compile(sampler="greedy")
     eager = causal_lm.generate(inputs, stop_token_ids=None)["token_ids"]

@@ -114,9 +114,14 @@ def test_quantized_backbone_takes_the_adapter(tmp_path):
     backbone = _keras_twin()
     backbone.quantize("int8")
     load_peft_adapter(backbone, str(tmp_path))
-    # The adapters run in float next to the int8 kernels.
+    # The adapters run in float next to the int8 kernels: in training, and
+    # outside autograd (a no-op off torch), where torch multiplies the int8
+    # weights directly.
     actual = backbone_logits(backbone, TOKEN_IDS, PADDING_MASK)
     assert np.abs(actual - expected).max() < 0.02 * np.abs(expected).max()
+    with torch.no_grad():
+        served = backbone_logits(backbone, TOKEN_IDS, PADDING_MASK)
+    assert np.abs(served - expected).max() < 0.02 * np.abs(expected).max()
 
 
 def test_hf_handle_from_offline_cache(tmp_path, monkeypatch):
