@@ -70,6 +70,8 @@ def store_contraction_major(layer, variable, num_contracted_axes):
     torch_params = layer.__dict__.get("_modules", {}).get("_torch_params")
     if torch_params is not None and variable.path in torch_params:
         torch_params[variable.path] = parameter
+    units = math.prod(shape[num_contracted_axes:])
+    _UNIT_SCALES.setdefault(units, torch.ones(units, dtype=torch.bfloat16))
 
 
 def weight_only_matmul(inputs, kernel, scale, num_contracted_axes):
@@ -122,12 +124,13 @@ def weight_only_matmul(inputs, kernel, scale, num_contracted_axes):
     return outputs.to(inputs.dtype).reshape(leading_shape + kernel_shape[num_contracted_axes:])
 
 
+# Unit scales per output size, created with the int8 variables (outside any
+# tracing): a stored tensor, not a fresh `torch.ones`, because inductor's
+# lowering of the kernel needs its scales to be a real buffer, and one
+# created while the decode step is traced would be a fake tensor.
 _UNIT_SCALES = {}
 
 
 def _unit_scales(torch, units):
-    # A stored tensor, not a fresh `torch.ones`: inductor's lowering of the
-    # kernel needs its scales to be a real buffer.
-    if units not in _UNIT_SCALES:
-        _UNIT_SCALES[units] = torch.ones(units, dtype=torch.bfloat16)
-    return _UNIT_SCALES[units]
+    scales = _UNIT_SCALES.get(units)
+    return torch.ones(units, dtype=torch.bfloat16) if scales is None else scales

@@ -137,10 +137,10 @@ class CausalLM(Task):
         """Returns a compiled `generate_step` for a sampler and decode options.
 
         JAX: `jax.jit` of a stateless function of the weights; TensorFlow:
-        `tf.function`; torch: eager under `torch.no_grad()` with the KV cache
-        updated in place, and with `compile(jit_compile=True)` the decode
-        step (`call_with_cache`) compiled by `torch.compile` (see
-        `mistral_hub.utils.backend`). Functions are cached per sampler
+        `tf.function`; torch: a Python loop under `torch.no_grad()` with the
+        KV cache updated in place, whose decode step (`call_with_cache`) is
+        traced into a torch graph, or compiled by `torch.compile` with
+        `compile(jit_compile=True)` (see `mistral_hub.utils.backend`). Functions are cached per sampler
         config and options until `compile()` is called again; the latest
         one for the compiled sampler is also kept on `self.generate_function`.
 
@@ -187,14 +187,14 @@ class CausalLM(Task):
         return cache[key]
 
     def _compiled_call_with_cache(self, variable_ids):
-        """`call_with_cache`, compiled alone with `jit_compile` on torch.
+        """`call_with_cache` as torch runs it: traced, or compiled with `jit_compile`.
 
-        One compiled decode step serves every sampler, decode option, batch
-        size and length, so it is kept apart from the generate functions
-        (and across `compile()` calls) until the variables or `jit_compile`
-        change.
+        One compiled decode step serves every sampler and decode option (and
+        with `jit_compile`, every batch size and length), so it is kept
+        apart from the generate functions (and across `compile()` calls)
+        until the variables, `jit_compile` or `run_eagerly` change.
         """
-        key = (variable_ids, bool(self.jit_compile))
+        key = (variable_ids, bool(self.jit_compile), bool(self.run_eagerly))
         held = self.__dict__.get("_call_with_cache_step")
         if held is None or held[0] != key:
             held = (key, backend.compile_step_function(self, self.call_with_cache))

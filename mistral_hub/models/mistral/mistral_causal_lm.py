@@ -266,8 +266,9 @@ class MistralCausalLM(CausalLM):
                 token at a time). Each row's positions count from its first
                 prompt token, so the results equal those of right padding.
             call_with_cache: the decode step, `self.call_with_cache` by
-                default; `generate()` passes the one compiled by
-                `torch.compile` with `compile(jit_compile=True)` on torch.
+                default; on torch `generate()` passes it traced into a torch
+                graph, or compiled by `torch.compile` with
+                `compile(jit_compile=True)`.
 
         Returns:
             A dict of `token_ids` and a bool `padding_mask` that is True up

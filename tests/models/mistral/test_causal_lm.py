@@ -399,7 +399,8 @@ def test_mixed_prompt_lengths_decode_every_row_from_its_own_end(hf_and_keras, pr
     inputs = pack_prompts(mixed, 70)
     steps = []
     if keras.config.backend() == "torch":
-        # Eager decoding: count the one-token model calls of the loop.
+        # Eager decoding (not traced): count the one-token model calls of
+        # the loop.
         original = causal_lm.call_with_cache
 
         def counting(token_ids, *args, **kwargs):
@@ -407,6 +408,7 @@ def test_mixed_prompt_lengths_decode_every_row_from_its_own_end(hf_and_keras, pr
             return original(token_ids, *args, **kwargs)
 
         causal_lm.call_with_cache = counting
+        causal_lm.run_eagerly = True
     try:
         output = causal_lm.generate(inputs, max_new_tokens=new_tokens, stop_token_ids=None)
         beam = causal_lm.generate(
@@ -415,6 +417,7 @@ def test_mixed_prompt_lengths_decode_every_row_from_its_own_end(hf_and_keras, pr
         )
     finally:
         causal_lm.__dict__.pop("call_with_cache", None)
+        causal_lm.run_eagerly = False
     for row, prompt in enumerate(mixed):
         with torch.no_grad():
             expected = hf_model.generate(
