@@ -155,8 +155,9 @@ class CausalLM(Task):
         chosen = sampler or self.sampler
         # Variables are part of the key: `quantize()` or `enable_lora()`
         # replace or add variables that an older traced function misses.
+        # So is `run_eagerly`, which users also set without `compile()`.
         variable_ids = tuple(id(v) for v in self.variables)
-        key = (sampler_key(chosen), options, variable_ids)
+        key = (sampler_key(chosen), options, variable_ids, bool(self.run_eagerly))
         cache = self.__dict__.setdefault("_generate_functions", {})
         if key not in cache:
             call_with_cache = self._compiled_call_with_cache(variable_ids)
