@@ -95,10 +95,11 @@ def compile_step_function(model, function):
     returned as is. On torch, where the loop runs in Python:
 
     - by default the step is traced once per input signature (shapes,
-      dtypes, strides and non-tensor arguments) into a flat graph of torch
+      dtypes, strides and non-tensor arguments), after its first
+      `_EAGER_STEPS_BEFORE_TRACING` eager steps, into a flat graph of torch
       operators (`make_fx` on fake tensors) and the graph is run from then
       on: the same kernels as eager, without the Python of Keras' layers
-      and ops around each one (about 15% of a batch-1 decode step). The
+      and ops around each one (about 20% of a batch-1 decode step). The
       weights are inputs of the graph (read through a
       `keras.StatelessScope`), so later weight updates are seen. If a step
       cannot be traced (Python control flow on tensor values, say), it runs
@@ -159,9 +160,15 @@ def _torch_compiled_step(model, function):
 # `torch.compile`'s backend for `compile_step_function`; tests replace it.
 _TORCH_COMPILE_BACKEND = "inductor"
 
-# Traced graphs kept per step function: one per input signature in use
-# (batch size, cache length, padding side), the oldest dropped first.
-_MAX_TRACED_SIGNATURES = 8
+# Input signatures (batch size, cache length, padding side) a step function
+# remembers, the least recently used forgotten first.
+_MAX_TRACED_SIGNATURES = 16
+
+# Each signature's first steps run eagerly. Tracing costs about as much as
+# 40 eager steps (both grow with the number of operators), so a signature
+# used for a few steps only (a short reply, a one-off batch size) never
+# pays for it, and one used longer pays at most about twice the optimum.
+_EAGER_STEPS_BEFORE_TRACING = 32
 
 
 def _torch_traced_step(model, function):
@@ -169,7 +176,8 @@ def _torch_traced_step(model, function):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     variables = list(model.variables)
-    traced_graphs = collections.OrderedDict()
+    # signature -> eager steps run so far, then the traced graph.
+    signatures = collections.OrderedDict()
     state = {"eager": False}
 
     def stateless_function(values, args, kwargs):
@@ -186,22 +194,30 @@ def _torch_traced_step(model, function):
         )
         return structure, described, torch.is_grad_enabled()
 
+    def trace(values, args, kwargs):
+        graph = make_fx(
+            stateless_function,
+            tracing_mode="fake",
+            # Real tensors the step holds (constants) stay constants.
+            _allow_non_fake_inputs=True,
+        )(values, args, kwargs)
+        _call_through_python_bindings(graph)
+        return graph
+
     def run(*args, **kwargs):
         if state["eager"]:
             return function(*args, **kwargs)
-        values = [variable.value for variable in variables]
         key = signature(args, kwargs)
-        graph = traced_graphs.get(key)
-        if graph is None:
+        entry = signatures.pop(key, 0)
+        if len(signatures) == _MAX_TRACED_SIGNATURES:
+            signatures.popitem(last=False)
+        if isinstance(entry, int) and entry < _EAGER_STEPS_BEFORE_TRACING:
+            signatures[key] = entry + 1
+            return function(*args, **kwargs)
+        values = [variable.value for variable in variables]
+        if isinstance(entry, int):
             try:
-                graph = make_fx(
-                    stateless_function,
-                    tracing_mode="fake",
-                    # Real tensors the step holds (constants) stay constants.
-                    _allow_non_fake_inputs=True,
-                )(
-                    values, args, kwargs
-                )
+                entry = trace(values, args, kwargs)
             except Exception as error:
                 # Tracing ran on fake tensors, so nothing was updated; bad
                 # inputs raise their own error from the eager call.
@@ -214,13 +230,8 @@ def _torch_traced_step(model, function):
                 )
                 state["eager"] = True
                 return outputs
-            _call_through_python_bindings(graph)
-            if len(traced_graphs) == _MAX_TRACED_SIGNATURES:
-                traced_graphs.popitem(last=False)
-            traced_graphs[key] = graph
-        else:
-            traced_graphs.move_to_end(key)
-        return graph(values, args, kwargs)
+        signatures[key] = entry
+        return entry(values, args, kwargs)
 
     return run
 

@@ -92,3 +92,16 @@ def test_step_with_bad_inputs_raises_its_own_error_and_stays_traced():
         step(x)
     # The good input was traced once, then ran as a graph.
     assert runs.count((1, 2)) == 1
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch traces the step")
+def test_step_runs_eagerly_before_its_signature_is_traced(monkeypatch):
+    monkeypatch.setattr(backend, "_EAGER_STEPS_BEFORE_TRACING", 2)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    function, runs = _counting_step(model)
+    step = backend.compile_step_function(model, function)
+    x = keras.ops.ones((1, 2))
+    for _ in range(5):
+        step(x)
+    # Two eager steps, the trace, then the graph only.
+    assert runs == [(1, 2)] * 3
