@@ -208,7 +208,11 @@ def _torch_traced_step(model, function):
         if state["eager"]:
             return function(*args, **kwargs)
         key = signature(args, kwargs)
-        entry = signatures.pop(key, 0)
+        try:
+            entry = signatures.pop(key, 0)
+        except TypeError:
+            # An unhashable non-tensor argument: no signature to trace for.
+            return function(*args, **kwargs)
         if len(signatures) == _MAX_TRACED_SIGNATURES:
             signatures.popitem(last=False)
         if isinstance(entry, int) and entry < _EAGER_STEPS_BEFORE_TRACING:
@@ -234,6 +238,47 @@ def _torch_traced_step(model, function):
         return entry(values, args, kwargs)
 
     return run
+
+
+def _call_through_python_bindings(graph_module):
+    """Calls the graph's most frequent operators as `torch.mul` or `x.view`.
+
+    A traced graph calls `torch.ops.aten.*` overloads, which parse their
+    arguments against the operator schema on every call: 3-5 us more than
+    the generated Python bindings of the same kernels (`torch.bmm`,
+    `Tensor.view`), about 7% of a small model's decode step, whose ~1,200
+    operators are mostly the views and products of its einsums.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    methods = {
+        aten.view.default: "view",
+        aten._unsafe_view.default: "view",
+        aten.permute.default: "permute",
+        aten.unsqueeze.default: "unsqueeze",
+        aten.select.int: "select",
+    }
+    functions = {
+        aten.mul.Tensor: torch.mul,
+        aten.add.Tensor: torch.add,
+        aten.sub.Tensor: torch.sub,
+        aten.bmm.default: torch.bmm,
+        aten.mm.default: torch.mm,
+        aten.pow.Tensor_Scalar: torch.pow,
+        aten.mean.dim: torch.mean,
+        aten.rsqrt.default: torch.rsqrt,
+        aten.roll.default: torch.roll,
+        aten.where.self: torch.where,
+    }
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in methods:
+            node.op, node.target = "call_method", methods[node.target]
+        elif node.target in functions:
+            node.target = functions[node.target]
+    graph_module.recompile()
 
 
 def wait_for_host_callbacks():
@@ -364,43 +409,3 @@ def has_fused_attention():
     """
     return keras.config.backend() in ("jax", "torch")
 
-
-def _call_through_python_bindings(graph_module):
-    """Calls the graph's most frequent operators as `torch.mul` or `x.view`.
-
-    A traced graph calls `torch.ops.aten.*` overloads, which parse their
-    arguments against the operator schema on every call: 3-5 us more than
-    the generated Python bindings of the same kernels (`torch.bmm`,
-    `Tensor.view`), about 10% of a small model's decode step, whose ~1,200
-    operators are mostly the views and products of its einsums.
-    """
-    import torch
-
-    aten = torch.ops.aten
-    methods = {
-        aten.view.default: "view",
-        aten._unsafe_view.default: "view",
-        aten.permute.default: "permute",
-        aten.unsqueeze.default: "unsqueeze",
-        aten.select.int: "select",
-    }
-    functions = {
-        aten.mul.Tensor: torch.mul,
-        aten.add.Tensor: torch.add,
-        aten.sub.Tensor: torch.sub,
-        aten.bmm.default: torch.bmm,
-        aten.mm.default: torch.mm,
-        aten.pow.Tensor_Scalar: torch.pow,
-        aten.mean.dim: torch.mean,
-        aten.rsqrt.default: torch.rsqrt,
-        aten.roll.default: torch.roll,
-        aten.where.self: torch.where,
-    }
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function":
-            continue
-        if node.target in methods:
-            node.op, node.target = "call_method", methods[node.target]
-        elif node.target in functions:
-            node.target = functions[node.target]
-    graph_module.recompile()

@@ -105,3 +105,21 @@ def test_step_runs_eagerly_before_its_signature_is_traced(monkeypatch):
         step(x)
     # Two eager steps, the trace, then the graph only.
     assert runs == [(1, 2)] * 3
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch traces the step")
+def test_step_with_an_unhashable_argument_runs_eagerly():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    runs = []
+
+    def function(x, offsets):
+        runs.append(1)
+        return x + keras.ops.convert_to_tensor(offsets)
+
+    step = backend.compile_step_function(model, function)
+    x = keras.ops.ones((1, 2))
+    for offset in (1.0, 2.0):
+        # A graph traced with the first array would return 2 for the second.
+        output = step(x, np.array([offset, offset], "float32"))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(output), [[1 + offset] * 2])
+    assert len(runs) == 2
