@@ -5,6 +5,7 @@ from keras import ops
 
 from mistral_hub.layers.int8_inference import store_contraction_major
 from mistral_hub.layers.int8_inference import weight_only_matmul
+from mistral_hub.layers.variable_deletion import DeferredVariableDeletion
 
 
 def _save_calibrated_variables(layer, store):
@@ -86,7 +87,7 @@ class _Int8Inference:
 
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
-class Dense(_Int8Inference, _CalibrationFixes, keras.layers.Dense):
+class Dense(_Int8Inference, _CalibrationFixes, DeferredVariableDeletion, keras.layers.Dense):
     """`keras.layers.Dense` with complete GPTQ/AWQ and fast int8 on torch.
 
     Two Keras 3.15 bugs: `quantize("gptq")` and `quantize("awq")` never see
@@ -118,7 +119,9 @@ class Dense(_Int8Inference, _CalibrationFixes, keras.layers.Dense):
 
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
-class EinsumDense(_Int8Inference, _CalibrationFixes, keras.layers.EinsumDense):
+class EinsumDense(
+    _Int8Inference, _CalibrationFixes, DeferredVariableDeletion, keras.layers.EinsumDense
+):
     """`keras.layers.EinsumDense` with complete GPTQ/AWQ and fast int8 on torch.
 
     See `Dense`: the same Keras 3.15 fixes; the torch int8 product applies to

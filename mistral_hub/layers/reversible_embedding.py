@@ -3,10 +3,11 @@ from keras import ops
 
 from mistral_hub.layers.int8_inference import store_contraction_major
 from mistral_hub.layers.int8_inference import weight_only_matmul
+from mistral_hub.layers.variable_deletion import DeferredVariableDeletion
 
 
 @keras.saving.register_keras_serializable(package="mistral_hub")
-class ReversibleEmbedding(keras.layers.ReversibleEmbedding):
+class ReversibleEmbedding(DeferredVariableDeletion, keras.layers.ReversibleEmbedding):
     """`keras.layers.ReversibleEmbedding` whose int8 output projection trains.
 
     Keras' int8 reverse projection (`reverse=True`) quantizes its inputs to

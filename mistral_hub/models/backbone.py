@@ -1,6 +1,7 @@
 import keras
 from keras.src.backend.common import global_state
 
+from mistral_hub.layers.variable_deletion import collect_garbage_after
 from mistral_hub.models.functional_model import FunctionalModel
 from mistral_hub.utils import dtype_utils
 from mistral_hub.utils import validation
@@ -85,7 +86,9 @@ class Backbone(FunctionalModel):
         'int8'
         """
         self._check_quantizable(mode, config)
-        super().quantize(mode, config=config, filters=filters, **kwargs)
+        # The layers delete their float kernels without collecting each time.
+        with collect_garbage_after():
+            super().quantize(mode, config=config, filters=filters, **kwargs)
 
     def _check_quantizable(self, mode, config):
         """Refuses what Keras would fail on midway, leaving layers changed."""

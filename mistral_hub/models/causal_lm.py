@@ -16,6 +16,7 @@ from mistral_hub.generation.prompts import prompt_batch
 from mistral_hub.generation.streaming import TextStreamer
 from mistral_hub.generation.streaming import stream_generate
 from mistral_hub.generation.text import generated_texts
+from mistral_hub.layers.variable_deletion import collect_garbage_after
 from mistral_hub.models.task import Task
 from mistral_hub.models.task import _is_tf_dataset
 from mistral_hub.utils import backend
@@ -100,7 +101,8 @@ class CausalLM(Task):
         # Keras quantizes the task's layers directly, not through
         # `Backbone.quantize`: refuse what would fail midway here too.
         self.backbone._check_quantizable(mode, config)
-        super().quantize(mode, config=config, filters=filters, **kwargs)
+        with collect_garbage_after():
+            super().quantize(mode, config=config, filters=filters, **kwargs)
 
     def fit(self, *args, **kwargs):
         self._prepare_training()
