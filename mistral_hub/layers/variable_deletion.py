@@ -3,11 +3,11 @@
 Keras' `Layer.__delattr__` runs a full `gc.collect()` after it deletes a
 variable attribute, so that buffers held in reference cycles are freed
 promptly. `quantize()` deletes the float kernel of every layer it converts:
-one full collection per layer, 0.2 s each in a process that has loaded a
-framework or two. That is 5.6 of the 5.7 s that quantizing the 1.3M-parameter
-demo model to int8 takes on torch in the test suite, and a 7B model has 225
-such layers. `collect_garbage_after` runs the collection once instead, when
-a whole model is done.
+one full collection per layer, about 0.2 s each once torch is imported.
+That was 5.6 of the 5.7 s that quantizing the 1.3M-parameter demo model to
+int8 took on torch, and a 7B model has 225 such layers.
+`collect_garbage_after` runs the collection once instead, when a whole model
+is done.
 """
 
 import contextlib

@@ -142,9 +142,10 @@ class CausalLM(Task):
         `tf.function`; torch: a Python loop under `torch.no_grad()` with the
         KV cache updated in place, whose decode step (`call_with_cache`) is
         traced into a torch graph, or compiled by `torch.compile` with
-        `compile(jit_compile=True)` (see `mistral_hub.utils.backend`). Functions are cached per sampler
-        config and options until `compile()` is called again; the latest
-        one for the compiled sampler is also kept on `self.generate_function`.
+        `compile(jit_compile=True)` (see `mistral_hub.utils.backend`).
+        Functions are cached per sampler config, options and `run_eagerly`
+        until `compile()` is called again; the latest one for the compiled
+        sampler is also kept on `self.generate_function`.
 
         Args:
             sampler: a sampler overriding the compiled one, or None.
