@@ -71,7 +71,8 @@ def store_contraction_major(layer, variable, num_contracted_axes):
     if torch_params is not None and variable.path in torch_params:
         torch_params[variable.path] = parameter
     units = math.prod(shape[num_contracted_axes:])
-    _UNIT_SCALES.setdefault(units, torch.ones(units, dtype=torch.bfloat16))
+    if units not in _UNIT_SCALES:
+        _UNIT_SCALES[units] = torch.ones(units, dtype=torch.bfloat16)
 
 
 def weight_only_matmul(inputs, kernel, scale, num_contracted_axes):

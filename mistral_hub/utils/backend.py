@@ -95,9 +95,9 @@ def compile_step_function(model, function):
     returned as is. On torch, where the loop runs in Python:
 
     - by default the step is traced once per input signature (shapes,
-      dtypes, strides and non-tensor arguments), after its first
-      `_EAGER_STEPS_BEFORE_TRACING` eager steps, into a flat graph of torch
-      operators (`make_fx` on fake tensors) and the graph is run from then
+      dtypes, strides and non-tensor arguments, and the weights' dtypes),
+      after its first `_EAGER_STEPS_BEFORE_TRACING` eager steps, into a
+      flat graph of torch operators (`make_fx` on fake tensors) and the graph is run from then
       on: the same kernels as eager, without the Python of Keras' layers
       and ops around each one (about 20% of a batch-1 decode step). The
       weights are inputs of the graph (read through a
@@ -185,7 +185,7 @@ def _torch_traced_step(model, function):
         with keras.StatelessScope(state_mapping=zip(variables, values)):
             return function(*args, **kwargs)
 
-    def signature(args, kwargs):
+    def signature(values, args, kwargs):
         leaves, structure = torch.utils._pytree.tree_flatten((args, kwargs))
         described = tuple(
             (tuple(leaf.shape), leaf.dtype, leaf.device, leaf.stride())
@@ -193,7 +193,11 @@ def _torch_traced_step(model, function):
             else (type(leaf), leaf)
             for leaf in leaves
         )
-        return structure, described, torch.is_grad_enabled()
+        # Weights keep their identity when training moves 16-bit ones to
+        # float32 storage (and their layers to a mixed policy), which a
+        # graph traced before would not compute with.
+        weight_dtypes = tuple(value.dtype for value in values)
+        return structure, described, weight_dtypes, torch.is_grad_enabled()
 
     def trace(values, args, kwargs):
         graph = make_fx(
@@ -208,7 +212,8 @@ def _torch_traced_step(model, function):
     def run(*args, **kwargs):
         if state["eager"]:
             return function(*args, **kwargs)
-        key = signature(args, kwargs)
+        values = [variable.value for variable in variables]
+        key = signature(values, args, kwargs)
         try:
             entry = signatures.pop(key, 0)
         except TypeError:
@@ -219,7 +224,6 @@ def _torch_traced_step(model, function):
         if isinstance(entry, int) and entry < _EAGER_STEPS_BEFORE_TRACING:
             signatures[key] = entry + 1
             return function(*args, **kwargs)
-        values = [variable.value for variable in variables]
         if isinstance(entry, int):
             try:
                 entry = trace(values, args, kwargs)
