@@ -38,12 +38,16 @@ def apply_rotary_embedding(x, cos, sin):
     Uses the rotate-half (GPT-NeoX) layout that Mistral checkpoints in
     transformers format are stored in, so no weight permutation is needed:
     `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x2, x1]`,
-    written as a roll of the halves times the signed sine table.
+    written as the swapped halves times the signed sine table.
 
     Args:
         x: `(B, T, heads, head_dim)` queries or keys.
         cos: `(T, 1, head_dim)` or `(B, T, 1, head_dim)` table.
         sin: signed sine table of the same shape.
     """
-    swapped = ops.roll(x, ops.shape(x)[-1] // 2, axis=-1)
+    # Two slices and a concatenation, not `ops.roll`: TensorFlow's `Roll`
+    # kernel takes about 40 us per call here, 16 calls per decoded token of
+    # an 8-layer model; XLA and torch run both forms alike.
+    half = x.shape[-1] // 2
+    swapped = ops.concatenate([x[..., half:], x[..., :half]], axis=-1)
     return x * cos + swapped * sin
