@@ -179,7 +179,7 @@ def _torch_traced_step(model, function):
     variables = list(model.variables)
     # signature -> eager steps run so far, then the traced graph.
     signatures = collections.OrderedDict()
-    state = {"eager": False}
+    untraceable = False
 
     def stateless_function(values, args, kwargs):
         with keras.StatelessScope(state_mapping=zip(variables, values)):
@@ -210,7 +210,8 @@ def _torch_traced_step(model, function):
         return graph
 
     def run(*args, **kwargs):
-        if state["eager"]:
+        nonlocal untraceable
+        if untraceable:
             return function(*args, **kwargs)
         values = [variable.value for variable in variables]
         key = signature(values, args, kwargs)
@@ -237,7 +238,7 @@ def _torch_traced_step(model, function):
                     "it runs eagerly instead.",
                     stacklevel=2,
                 )
-                state["eager"] = True
+                untraceable = True
                 return outputs
         signatures[key] = entry
         return entry(values, args, kwargs)
@@ -273,7 +274,7 @@ def _call_through_python_bindings(graph_module):
         aten.pow.Tensor_Scalar: torch.pow,
         aten.mean.dim: torch.mean,
         aten.rsqrt.default: torch.rsqrt,
-        aten.roll.default: torch.roll,
+        aten.cat.default: torch.cat,
         aten.where.self: torch.where,
     }
     for node in graph_module.graph.nodes:
@@ -413,4 +414,3 @@ def has_fused_attention():
     keys and values repeated per query head.
     """
     return keras.config.backend() in ("jax", "torch")
-
